@@ -1,0 +1,52 @@
+"""The Python entry point: score any model object under a rule set and a baseline."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from micronet_score.bits import declarations
+from micronet_score.count import count, summarize
+from micronet_score.errors import UserError
+from micronet_score.graph import trace
+from micronet_score.loading import from_exported
+from micronet_score.report import Report
+from micronet_score.rules import Baseline, RuleSet, load_baseline, load_rules
+
+
+def score_model(
+    model: nn.Module | torch.export.ExportedProgram,
+    *,
+    input_shape: Sequence[int] | None = None,
+    rules: str | RuleSet = "micronet",
+    baseline: str | Baseline | None = None,
+    bits: Sequence[str] | Mapping[str, str | int] | None = None,
+    weight_bits: int | None = None,
+    act_bits: int | None = None,
+    accumulator_bits: int | None = None,
+    freebie: bool = True,
+) -> Report:
+    """Count `model` at batch size 1 and score it.
+
+    `input_shape` excludes the batch dimension; it defaults to the shape an exported program was
+    traced at, then to the baseline's. `baseline` defaults to the rule set's own. `bits` declares
+    widths per module-path pattern (`{"dense3": "8/8"}` or `["dense3=8/8"]`). The model is never
+    modified.
+    """
+    rule_set = load_rules(rules) if isinstance(rules, str) else rules
+    chosen = baseline if baseline is not None else rule_set.default_baseline
+    base = load_baseline(chosen) if isinstance(chosen, str) else chosen
+    recorded = None
+    if isinstance(model, torch.export.ExportedProgram):
+        loaded = from_exported(model)
+        model, recorded = loaded.module, loaded.recorded_shape
+    shape = tuple(input_shape) if input_shape is not None else recorded or base.input_shape
+    if not shape:
+        raise UserError(
+            f"no input shape: baseline '{base.name}' has none; pass --input-shape, e.g. 3,32,32"
+        )
+    declared = declarations(bits, weight_bits, act_bits)
+    counts = count(trace(model, shape), rule_set, declared, accumulator_bits)
+    return summarize(counts, rule_set, base, freebie)

@@ -1,0 +1,128 @@
+"""Bit widths of weights and activations: user declarations first, then what the tensors say.
+
+A declaration `PATTERN=W[/A]` applies to every module whose path matches the fnmatch pattern, and
+to the modules below it (`dense3` covers `dense3.5.conv2`). When several match, the last one given
+wins, so a broad declaration can be refined by a narrower one after it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+
+import torch
+
+from micronet_score.errors import UserError
+
+_DTYPE_BITS: dict[torch.dtype, int] = {
+    torch.float64: 64,
+    torch.float32: 32,
+    torch.float16: 16,
+    torch.bfloat16: 16,
+    torch.qint8: 8,
+    torch.quint8: 8,
+    torch.int8: 8,
+    torch.uint8: 8,
+    torch.qint32: 32,
+    torch.int32: 32,
+    torch.int64: 64,
+    torch.bool: 1,
+}
+_QUANTIZED = frozenset({torch.qint8, torch.quint8, torch.qint32})
+_DECLARATION = re.compile(r"^(?P<pattern>[^=]+)=(?P<weight>\d+)(?:/(?P<act>\d+))?$")
+
+
+@dataclass(frozen=True)
+class BitsDeclaration:
+    """Bits declared for the modules matching `pattern`; None leaves that part to the tensors."""
+
+    pattern: str
+    weight: int | None
+    act: int | None
+
+    def matches(self, path: str) -> bool:
+        return fnmatchcase(path, self.pattern) or fnmatchcase(path, f"{self.pattern}.*")
+
+
+def dtype_bits(dtype: torch.dtype) -> int:
+    return _DTYPE_BITS.get(dtype, 32)
+
+
+def parse_declaration(text: str) -> BitsDeclaration:
+    """Parse `PATTERN=W` or `PATTERN=W/A`, e.g. `dense3=8/8` or `*.conv2=4`."""
+    match = _DECLARATION.match(text.strip())
+    if match is None:
+        raise UserError(
+            f"malformed bit declaration '{text}': expected PATTERN=W or PATTERN=W/A, "
+            "e.g. --bits 'dense3=8/8'"
+        )
+    weight = _check_width(int(match["weight"]), text)
+    act = _check_width(int(match["act"]), text) if match["act"] else weight
+    return BitsDeclaration(match["pattern"].strip(), weight, act)
+
+
+def _check_width(bits: int, text: str) -> int:
+    if not 1 <= bits <= 64:
+        raise UserError(f"bit width out of range in '{text}': use 1 to 64 bits")
+    return bits
+
+
+def declarations(
+    bits: Sequence[str] | Mapping[str, str | int] | None,
+    weight_bits: int | None = None,
+    act_bits: int | None = None,
+) -> tuple[BitsDeclaration, ...]:
+    """All declarations in priority order (later wins); global widths come first."""
+    found: list[BitsDeclaration] = []
+    if weight_bits is not None or act_bits is not None:
+        for value in (weight_bits, act_bits):
+            if value is not None:
+                _check_width(value, str(value))
+        found.append(BitsDeclaration("*", weight_bits, act_bits))
+    if isinstance(bits, Mapping):
+        found.extend(parse_declaration(f"{pattern}={value}") for pattern, value in bits.items())
+    elif bits is not None:
+        found.extend(parse_declaration(text) for text in bits)
+    return tuple(found)
+
+
+@dataclass(frozen=True)
+class NodeBits:
+    """Widths that one node computes with. `weight` is None for nodes without stored weights."""
+
+    weight: int | None
+    act: int
+
+    @property
+    def mult(self) -> int:
+        """A product counts at the wider of its two inputs."""
+        return max(self.weight or 0, self.act)
+
+
+def resolve(
+    module: str,
+    weight: torch.Tensor | None,
+    inputs: Iterable[torch.dtype],
+    declared: Sequence[BitsDeclaration],
+) -> NodeBits:
+    """Widths for one node: the last matching declaration, else the dtypes of its tensors."""
+    declared_weight: int | None = None
+    declared_act: int | None = None
+    for declaration in declared:
+        if declaration.matches(module):
+            declared_weight = declaration.weight or declared_weight
+            declared_act = declaration.act or declared_act
+    weight_bits = None
+    if weight is not None:
+        weight_bits = declared_weight or dtype_bits(weight.dtype)
+    float_inputs = [dtype_bits(d) for d in inputs if d.is_floating_point or d in _QUANTIZED]
+    act_bits = declared_act or (max(float_inputs) if float_inputs else 32)
+    return NodeBits(weight_bits, act_bits)
+
+
+def unmatched(declared: Sequence[BitsDeclaration], modules: Iterable[str]) -> list[str]:
+    """Declared patterns that match no module path: almost always a typo worth a warning."""
+    paths = list(modules)
+    return [d.pattern for d in declared if d.pattern != "*" and not any(map(d.matches, paths))]

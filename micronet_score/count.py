@@ -1,0 +1,321 @@
+"""Count a traced graph under a rule set, then summarize the counts into a scored report.
+
+Counting is one pass over the nodes; storage shared by several nodes (a module called twice, tied
+weights) is charged once, to its first user.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.fx
+
+from micronet_score.bits import BitsDeclaration, NodeBits, dtype_bits, resolve, unmatched
+from micronet_score.facts import NodeFacts, Operand, gather_facts
+from micronet_score.formulas import FORMULAS, FormulaContext, NodeCost, Ops, Stored
+from micronet_score.graph import TracedModel
+from micronet_score.opkinds import OpKind
+from micronet_score.report import Layer, Report, Uncounted
+from micronet_score.rules import Baseline, RuleSet
+from micronet_score.sparsity import WeightStats, cheapest_storage, tensor_stats
+
+_FOLDS_INTO = (OpKind.CONV, OpKind.LINEAR)
+
+
+@dataclass(frozen=True)
+class CountedNode:
+    facts: NodeFacts
+    bits: NodeBits
+    cost: NodeCost
+
+
+@dataclass(frozen=True)
+class Counts:
+    nodes: tuple[CountedNode, ...]
+    uncounted: tuple[Uncounted, ...]
+    warnings: tuple[str, ...]
+    input_shape: tuple[int, ...]
+    trace_method: str
+
+
+def count(
+    traced: TracedModel,
+    rules: RuleSet,
+    declared: Sequence[BitsDeclaration] = (),
+    accumulator_bits: int | None = None,
+) -> Counts:
+    all_facts = gather_facts(traced)
+    by_node = {facts.node: facts for facts in all_facts}
+    folds = _batch_norm_folds(all_facts, by_node) if rules.batch_norm.fold else {}
+    folded_bias = {conv: bn.weight or bn.operands.get("running_var") for bn, conv in folds.items()}
+    stats_cache: dict[int, WeightStats] = {}
+
+    def stats(operand: Operand) -> WeightStats:
+        if operand.identity not in stats_cache:
+            stats_cache[operand.identity] = tensor_stats(operand.tensor)
+        return stats_cache[operand.identity]
+
+    counted: list[CountedNode] = []
+    uncounted: list[Uncounted] = []
+    charged: set[int] = set()
+    for facts in all_facts:
+        if facts.kind is None:
+            uncounted.append(Uncounted(facts.node.name, facts.target, facts.module))
+            counted.extend(_orphans(facts, traced, declared, charged))
+            continue
+        weight = facts.weight.tensor if facts.weight is not None else None
+        bits = resolve(facts.module, weight, (i.dtype for i in facts.inputs), declared)
+        shift = folded_bias.get(facts)
+        bias = None
+        if shift is not None:
+            bias = Operand(f"{_label(facts)}.bias (folded BatchNorm)", shift.identity, shift.tensor)
+        context = FormulaContext(
+            rules=rules,
+            bits=bits,
+            accumulator_bits=accumulator_bits or rules.accumulator_bits,
+            stats=stats,
+            folded_bias=bias,
+            folded_into=_label(folds[facts]) if facts in folds else None,
+        )
+        cost = FORMULAS[facts.kind](facts, context)
+        counted.append(CountedNode(facts, bits, _charge_once(cost, charged)))
+    counted.extend(_unclaimed_tensors(traced, all_facts, declared, charged))
+    modules = {name for name, _ in traced.root.named_modules()}
+    warnings = [f"--bits pattern '{p}' matches no module" for p in unmatched(declared, modules)]
+    if traced.root.training:
+        warnings.append("the model is in training mode; it was counted as in eval mode")
+    return Counts(
+        tuple(c for c in counted if c.facts.kind is not OpKind.FREE),
+        tuple(uncounted),
+        tuple(warnings),
+        traced.input_shape,
+        traced.method,
+    )
+
+
+def _label(facts: NodeFacts) -> str:
+    return facts.module or facts.node.name
+
+
+def _charge_once(cost: NodeCost, charged: set[int]) -> NodeCost:
+    kept = tuple(s for s in cost.stored if s.identity not in charged)
+    charged.update(s.identity for s in kept)
+    if len(kept) == len(cost.stored):
+        return cost
+    note = cost.note or "shares stored values counted at an earlier node"
+    return NodeCost(cost.ops, kept, note)
+
+
+def _batch_norm_folds(
+    all_facts: list[NodeFacts], by_node: dict[torch.fx.Node, NodeFacts]
+) -> dict[NodeFacts, NodeFacts]:
+    """BatchNorm -> the conv/linear it folds into: its input comes from that layer alone, possibly
+    through free identity-like nodes (dropout in eval, identity) that nothing else reads."""
+    folds: dict[NodeFacts, NodeFacts] = {}
+    for facts in all_facts:
+        if facts.kind is not OpKind.BATCH_NORM or not facts.node.all_input_nodes:
+            continue
+        source = facts.node.all_input_nodes[0]
+        while True:
+            if len(source.users) != 1:
+                break
+            producer = by_node.get(source)
+            if producer is None:
+                break
+            if producer.kind in _FOLDS_INTO:
+                if producer not in folds.values():
+                    folds[facts] = producer
+                break
+            if producer.kind is not OpKind.FREE or producer.output != _first_input(producer):
+                break
+            source = source.all_input_nodes[0]
+    return folds
+
+
+def _first_input(facts: NodeFacts) -> object:
+    return facts.inputs[0] if facts.inputs else None
+
+
+def _tensor_row(
+    facts: NodeFacts,
+    key: str,
+    tensor: torch.Tensor,
+    declared: Sequence[BitsDeclaration],
+    charged: set[int],
+    note: str,
+) -> CountedNode | None:
+    identity = id(tensor)
+    if identity in charged:
+        return None
+    charged.add(identity)
+    bits = resolve(facts.module, tensor, (), declared)
+    width = bits.weight or dtype_bits(tensor.dtype)
+    stored = Stored(key, identity, tensor_stats(tensor.detach()), width)
+    return CountedNode(facts, NodeBits(width, bits.act), NodeCost(Ops(), (stored,), note))
+
+
+def _orphans(
+    facts: NodeFacts,
+    traced: TracedModel,
+    declared: Sequence[BitsDeclaration],
+    charged: set[int],
+) -> list[CountedNode]:
+    """An uncounted module's parameters are still stored: charge them, ops stay uncounted."""
+    if facts.node.op != "call_module":
+        return []
+    module = traced.root.get_submodule(str(facts.node.target))
+    rows = []
+    for name, tensor in module.named_parameters():
+        as_parameter = NodeFacts(
+            facts.node, OpKind.PARAMETER, facts.module, facts.target, (), None, {}, {}
+        )
+        row = _tensor_row(
+            as_parameter, f"{facts.module}.{name}", tensor, declared, charged,
+            "operations not counted",
+        )
+        if row is not None:
+            rows.append(row)
+    return rows
+
+
+def _unclaimed_tensors(
+    traced: TracedModel,
+    all_facts: list[NodeFacts],
+    declared: Sequence[BitsDeclaration],
+    charged: set[int],
+) -> list[CountedNode]:
+    """Stored tensors the graph reads directly (a class token, a quantization scale) are values
+    needed for inference, so they are charged as parameters even though no layer owns them."""
+    claimed = {
+        operand.identity
+        for facts in all_facts
+        if facts.kind not in (None, OpKind.FREE)
+        for operand in facts.operands.values()
+    }
+    rows = []
+    for node in traced.graph.nodes:
+        if node.op != "get_attr" or not node.users:
+            continue
+        owner, _, name = str(node.target).rpartition(".")
+        value = getattr(traced.root.get_submodule(owner) if owner else traced.root, name, None)
+        if not isinstance(value, torch.Tensor) or id(value) in claimed:
+            continue
+        facts = NodeFacts(node, OpKind.PARAMETER, owner, "tensor", (), None, {}, {})
+        row = _tensor_row(facts, str(node.target), value, declared, charged, "")
+        if row is not None:
+            rows.append(row)
+    return rows
+
+
+def summarize(counts: Counts, rules: RuleSet, baseline: Baseline, freebie: bool = True) -> Report:
+    """Apply the freebie (when allowed and eligible), convert to 32-bit equivalents, and score."""
+    applied, reason = _freebie(counts, rules, freebie)
+    cap = rules.freebie.bits if applied else None
+    formats = rules.sparsity.storage
+    rows = []
+    for counted in counts.nodes:
+        storage_bits = 0.0
+        layer_format = ""
+        for stored in counted.cost.stored:
+            choice = cheapest_storage(stored.stats, _capped(stored.bits, cap), formats)
+            storage_bits += choice.bits
+            layer_format = layer_format or choice.format
+        ops = counted.cost.ops
+        mult_bit_ops = ops.mults * cap if cap is not None else ops.mult_bit_ops
+        rows.append((counted, storage_bits, layer_format, (mult_bit_ops + ops.add_bit_ops) / 32))
+    params = sum(r[1] for r in rows) / 32
+    total_ops = sum(r[3] for r in rows)
+    params_score = params / baseline.params
+    ops_score = total_ops / baseline.ops
+    score = params_score + ops_score
+    layers = tuple(
+        _layer(counted, storage_bits, fmt, effective_ops, baseline, score, label)
+        for (counted, storage_bits, fmt, effective_ops), label in zip(
+            rows, _labels([r[0].facts for r in rows]), strict=True
+        )
+    )
+    return Report(
+        score=score,
+        params_score=params_score,
+        ops_score=ops_score,
+        params=params,
+        ops=total_ops,
+        mults=sum(c.cost.ops.mults for c in counts.nodes),
+        adds=sum(c.cost.ops.adds for c in counts.nodes),
+        freebie=applied,
+        freebie_reason=reason,
+        rules=rules.name,
+        baseline=baseline,
+        input_shape=counts.input_shape,
+        trace_method=counts.trace_method,
+        layers=layers,
+        uncounted=counts.uncounted,
+        warnings=counts.warnings,
+    )
+
+
+def _capped(bits: int, cap: int | None) -> int:
+    return min(bits, cap) if cap is not None else bits
+
+
+def _freebie(counts: Counts, rules: RuleSet, allowed: bool) -> tuple[bool, str]:
+    if not rules.freebie.enabled:
+        return False, f"rule set {rules.name} has no freebie"
+    if not allowed:
+        return False, "turned off by the user"
+    floor = rules.freebie.bits
+    for counted in counts.nodes:
+        bits = counted.bits
+        if bits.act < floor or (bits.weight is not None and bits.weight < floor):
+            where = counted.facts.module or counted.facts.node.name
+            return False, f"{where} uses {bits.weight or '-'}/{bits.act}-bit weights/activations"
+    return True, f"no weight or activation below {floor} bits"
+
+
+def _labels(all_facts: list[NodeFacts]) -> list[str]:
+    """A layer is named by its module path when it is that module's only row, else path/node."""
+    per_module = Counter(f.module for f in all_facts)
+    return [
+        f.module if f.module and per_module[f.module] == 1
+        else f"{f.module}/{f.node.name}" if f.module
+        else f.node.name
+        for f in all_facts
+    ]
+
+
+def _layer(
+    counted: CountedNode,
+    storage_bits: float,
+    storage_format: str,
+    effective_ops: float,
+    baseline: Baseline,
+    score: float,
+    label: str,
+) -> Layer:
+    facts = counted.facts
+    stored = counted.cost.stored
+    values = sum(s.stats.numel for s in stored)
+    zeros = sum(s.stats.zeros for s in stored)
+    layer_score = storage_bits / 32 / baseline.params + effective_ops / baseline.ops
+    return Layer(
+        name=label,
+        node=facts.node.name,
+        module=facts.module,
+        op=facts.kind.value if facts.kind is not None else "",
+        target=facts.target,
+        output_shape=facts.output.shape if facts.output is not None else (),
+        params=values,
+        weight_bits=counted.bits.weight,
+        act_bits=counted.bits.act,
+        sparsity=zeros / values if values else 0.0,
+        storage_format=storage_format,
+        storage_bits=storage_bits,
+        mults=counted.cost.ops.mults,
+        adds=counted.cost.ops.adds,
+        effective_ops=effective_ops,
+        share=layer_score / score if score else 0.0,
+        note=counted.cost.note,
+    )

@@ -1,0 +1,188 @@
+"""Per-node facts gathered once: kind, module path, shapes, and the stored tensors a node reads.
+
+Formulas only see these facts, so the same formula serves `nn.Conv2d`, `F.conv2d` and
+`aten.conv2d` alike.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import cache
+
+import torch
+import torch.fx
+from torch import nn
+
+from micronet_score.classify import node_kind, target_name
+from micronet_score.graph import TensorInfo, TracedModel
+from micronet_score.opkinds import OpKind
+
+_STORED_ROLES = ("weight", "bias", "running_mean", "running_var")
+# Non-tensor settings some formulas need, read from the module or the call's arguments.
+_ATTRIBUTES = ("kernel_size", "normalized_shape", "num_groups", "groups")
+
+
+@dataclass(frozen=True, eq=False)
+class Operand:
+    """A stored tensor read by a node. `identity` dedupes tensors shared by several nodes."""
+
+    key: str
+    identity: int
+    tensor: torch.Tensor
+
+
+@dataclass(frozen=True, eq=False)
+class NodeFacts:
+    node: torch.fx.Node
+    kind: OpKind | None
+    module: str
+    target: str
+    inputs: tuple[TensorInfo, ...]
+    output: TensorInfo | None
+    operands: Mapping[str, Operand]
+    attributes: Mapping[str, object]
+
+    @property
+    def weight(self) -> Operand | None:
+        return self.operands.get("weight")
+
+    @property
+    def bias(self) -> Operand | None:
+        return self.operands.get("bias")
+
+
+def gather_facts(traced: TracedModel) -> list[NodeFacts]:
+    """Facts for every computing node, in graph order (placeholders and outputs are skipped)."""
+    return [
+        _facts(node, traced)
+        for node in traced.graph.nodes
+        if node.op in ("call_module", "call_function", "call_method")
+    ]
+
+
+def module_path(node: torch.fx.Node) -> str:
+    if node.op == "call_module":
+        return str(node.target)
+    stack = node.meta.get("nn_module_stack")
+    if not stack:
+        return ""
+    path = str(next(reversed(stack.values()))[0])
+    return re.sub(r"@\d+$", "", path)
+
+
+def _facts(node: torch.fx.Node, traced: TracedModel) -> NodeFacts:
+    root = traced.root
+    kind = node_kind(node, root)
+    output = traced.values.get(node)
+    if output is None and kind is not None:
+        kind = OpKind.FREE  # integer and shape arithmetic, e.g. `x.size(0) * 2`
+    module = root.get_submodule(str(node.target)) if node.op == "call_module" else None
+    args = _bind(node)
+    if kind is OpKind.CONV and args.get("transposed") is True:
+        kind = OpKind.CONV_TRANSPOSE
+    operands = _module_operands(module, str(node.target)) if module is not None else {
+        role: operand
+        for role in _STORED_ROLES
+        if (operand := _stored(args.get(role), root)) is not None
+    }
+    stored_nodes = {id(v) for v in args.values() if _stored(v, root) is not None}
+    inputs = tuple(
+        info
+        for arg in node.all_input_nodes
+        if id(arg) not in stored_nodes and (info := traced.values.get(arg)) is not None
+    )
+    attributes = {
+        name: getattr(module, name) if module is not None else args[name]
+        for name in _ATTRIBUTES
+        if (hasattr(module, name) if module is not None else name in args)
+    }
+    return NodeFacts(
+        node=node,
+        kind=kind,
+        module=module_path(node),
+        target=target_name(node, root),
+        inputs=inputs,
+        output=output,
+        operands=operands,
+        attributes=attributes,
+    )
+
+
+def effective_tensor(module: nn.Module, name: str) -> torch.Tensor | None:
+    """The value a layer really uses: pruning masks applied, parametrizations evaluated."""
+    original = getattr(module, f"{name}_orig", None)
+    mask = getattr(module, f"{name}_mask", None)
+    with torch.no_grad():
+        if isinstance(original, torch.Tensor) and isinstance(mask, torch.Tensor):
+            return original.detach() * mask
+        value = getattr(module, name, None)
+    return value.detach() if isinstance(value, torch.Tensor) else None
+
+
+def _identity(module: nn.Module, name: str, value: torch.Tensor) -> int:
+    for owner in (f"{name}_orig", f"parametrizations.{name}.original"):
+        try:
+            return id(module.get_parameter(owner))
+        except AttributeError:
+            continue
+    return id(getattr(module, name))
+
+
+def _module_operands(module: nn.Module, path: str) -> dict[str, Operand]:
+    operands: dict[str, Operand] = {}
+    for role in _STORED_ROLES:
+        value = effective_tensor(module, role)
+        if value is not None:
+            key = f"{path}.{role}" if path else role
+            operands[role] = Operand(key, _identity(module, role, value), value)
+    return operands
+
+
+def _stored(value: object, root: nn.Module) -> Operand | None:
+    """Follow a value back through free reshapes (e.g. `t(weight)`) to a stored tensor, if any."""
+    while isinstance(value, torch.fx.Node):
+        if value.op == "get_attr":
+            tensor = _attr(root, str(value.target))
+            if tensor is None:
+                return None
+            return Operand(str(value.target), id(tensor), tensor.detach())
+        if value.op == "call_function" and node_kind(value, root) is OpKind.FREE and value.args:
+            value = value.args[0]
+            continue
+        return None
+    return None
+
+
+def _attr(root: nn.Module, target: str) -> torch.Tensor | None:
+    owner_path, _, name = target.rpartition(".")
+    owner = root.get_submodule(owner_path) if owner_path else root
+    value = getattr(owner, name, None)
+    return value if isinstance(value, torch.Tensor) else None
+
+
+def _bind(node: torch.fx.Node) -> dict[str, object]:
+    """Arguments by name, so formulas never depend on positions (they differ across dialects)."""
+    if node.op != "call_function":
+        return dict(node.kwargs)
+    names = _argument_names(node.target)
+    bound = dict(zip(names, node.args, strict=False))
+    bound.update(node.kwargs)
+    return bound
+
+
+@cache
+def _argument_names(target: Callable[..., object]) -> tuple[str, ...]:
+    schema = getattr(target, "_schema", None)
+    if schema is None:
+        try:
+            return tuple(inspect.signature(target).parameters)
+        except (TypeError, ValueError):  # a C builtin such as F.conv2d: use its aten schema
+            packet = getattr(torch.ops.aten, getattr(target, "__name__", ""), None)
+            overload = getattr(packet, "default", None)
+            schema = getattr(overload, "_schema", None)
+            if schema is None:
+                return ()
+    return tuple(argument.name for argument in schema.arguments)

@@ -1,0 +1,302 @@
+"""The registry of per-op formulas: pure functions from a node's facts to its cost.
+
+A formula returns raw counts together with the bit width each count is done at; the freebie and the
+conversion to 32-bit equivalents happen later, once the whole model is known.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from micronet_score.bits import NodeBits
+from micronet_score.facts import NodeFacts, Operand
+from micronet_score.opkinds import ACTIVATIONS, OpKind
+from micronet_score.rules import RuleSet
+from micronet_score.sparsity import WeightStats, dense_stats
+
+K = OpKind
+
+
+@dataclass(frozen=True)
+class Ops:
+    """Raw counts plus bit-weighted sums (count × width), so costs at mixed widths add up."""
+
+    mults: float = 0.0
+    adds: float = 0.0
+    mult_bit_ops: float = 0.0
+    add_bit_ops: float = 0.0
+
+    @staticmethod
+    def at(mults: float, mult_bits: float, adds: float, add_bits: float) -> Ops:
+        return Ops(mults, adds, mults * mult_bits, adds * add_bits)
+
+    def __add__(self, other: Ops) -> Ops:
+        return Ops(
+            self.mults + other.mults,
+            self.adds + other.adds,
+            self.mult_bit_ops + other.mult_bit_ops,
+            self.add_bit_ops + other.add_bit_ops,
+        )
+
+
+@dataclass(frozen=True)
+class Stored:
+    """Values a node needs kept in memory, at `bits` each, with their zero structure."""
+
+    key: str
+    identity: int
+    stats: WeightStats
+    bits: int
+
+
+@dataclass(frozen=True)
+class NodeCost:
+    ops: Ops
+    stored: tuple[Stored, ...] = ()
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class FormulaContext:
+    """Everything a formula may use besides the node's own facts.
+
+    `folded_bias` is a BatchNorm shift that becomes this layer's bias; `folded_into` names the layer
+    a BatchNorm disappears into.
+    """
+
+    rules: RuleSet
+    bits: NodeBits
+    accumulator_bits: int
+    stats: Callable[[Operand], WeightStats]
+    folded_bias: Operand | None = None
+    folded_into: str | None = None
+
+
+Formula = Callable[[NodeFacts, FormulaContext], NodeCost]
+FORMULAS: dict[OpKind, Formula] = {}
+
+
+def formula(*kinds: OpKind) -> Callable[[Formula], Formula]:
+    def register(function: Formula) -> Formula:
+        for kind in kinds:
+            FORMULAS[kind] = function
+        return function
+
+    return register
+
+
+def _out(facts: NodeFacts) -> int:
+    assert facts.output is not None, f"{facts.node.name} has no tensor output"
+    return facts.output.numel
+
+
+def _weight_stats(facts: NodeFacts, ctx: FormulaContext) -> tuple[Operand, WeightStats]:
+    weight = facts.weight
+    assert weight is not None, f"{facts.node.name} reads no stored weight"
+    stats = ctx.stats(weight)
+    if not ctx.rules.sparsity.skip_zero_weights:
+        stats = dense_stats(tuple(weight.tensor.shape), known=stats.known)
+    return weight, stats
+
+
+def _stored(operand: Operand, stats: WeightStats, bits: int) -> Stored:
+    return Stored(operand.key, operand.identity, stats, bits)
+
+
+def _bias(facts: NodeFacts, ctx: FormulaContext, channels: int) -> tuple[Stored, ...]:
+    """The bias values: the layer's own, or a folded BatchNorm shift (never both)."""
+    bias = facts.bias or ctx.folded_bias
+    if bias is None:
+        return ()
+    bits = ctx.bits.weight or 32
+    return (_stored(bias, dense_stats((channels,)), bits),)
+
+
+@formula(K.CONV, K.LINEAR)
+def dot_product(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
+    """Each output is a dot product over the non-zero weights of its channel, plus a bias add."""
+    weight, stats = _weight_stats(facts, ctx)
+    positions = _out(facts) // stats.channels
+    mults = stats.nonzero * positions
+    adds = (stats.nonzero - stats.nonzero_channels) * positions
+    bias = _bias(facts, ctx, stats.channels)
+    if bias:
+        adds += stats.channels * positions
+    ops = Ops.at(mults, ctx.bits.mult, adds, ctx.accumulator_bits)
+    return NodeCost(ops, (_stored(weight, ctx.stats(weight), ctx.bits.weight or 32), *bias))
+
+
+@formula(K.CONV_TRANSPOSE)
+def transposed_conv(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
+    """Every non-zero weight meets every input position once; the products are then summed
+    into the outputs, so the adds are the products minus one per output (plus the bias)."""
+    weight, stats = _weight_stats(facts, ctx)
+    spatial = facts.inputs[0].shape[2:]
+    mults = stats.nonzero * math.prod(spatial)
+    outputs = _out(facts)
+    adds = max(mults - outputs, 0)
+    channels = facts.output.shape[1] if facts.output else 0
+    bias = _bias(facts, ctx, channels)
+    if bias:
+        adds += outputs
+    ops = Ops.at(mults, ctx.bits.mult, adds, ctx.accumulator_bits)
+    return NodeCost(ops, (_stored(weight, ctx.stats(weight), ctx.bits.weight or 32), *bias))
+
+
+@formula(K.BATCH_NORM)
+def batch_norm(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
+    """Folded: free here (the layer it folds into carries its bias). Otherwise a per-channel
+    scale and shift, whose running statistics fold into those two values."""
+    if ctx.folded_into is not None:
+        return NodeCost(Ops(), (), f"folded into {ctx.folded_into}")
+    policy = ctx.rules.batch_norm
+    elements = _out(facts)
+    channels = facts.inputs[0].shape[1]
+    owner = facts.weight or facts.operands.get("running_var")
+    stored: tuple[Stored, ...] = ()
+    if owner is not None:
+        values = dense_stats((policy.params_per_channel * channels,))
+        stored = (Stored(f"{facts.module or facts.node.name}.scale_shift", owner.identity,
+                         values, ctx.bits.weight or 32),)
+    width = ctx.bits.mult
+    ops = Ops.at(policy.mults_per_element * elements, width,
+                 policy.adds_per_element * elements, width)
+    return NodeCost(ops, stored)
+
+
+@formula(K.LAYER_NORM, K.GROUP_NORM)
+def normalization(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
+    """Per element: sum for the mean, centre, square, sum for the variance, scale by 1/std
+    (2 mults, 3 adds). Per normalized group: divide for the mean and the variance, add eps,
+    reciprocal square root (3 mults, 1 add). An affine adds 1 mult and 1 add per element."""
+    elements = _out(facts)
+    if facts.kind is K.LAYER_NORM:
+        group_size = math.prod(_ints(facts.attributes["normalized_shape"]))
+        groups = elements // group_size
+    else:
+        assert facts.output is not None
+        groups = facts.output.shape[0] * int(str(facts.attributes["num_groups"]))
+    affine = facts.weight is not None
+    mults = 2 * elements + 3 * groups + (elements if affine else 0)
+    adds = 3 * elements + groups + (elements if facts.bias is not None else 0)
+    width = ctx.bits.mult
+    stored = tuple(
+        _stored(operand, ctx.stats(operand), ctx.bits.weight or 32)
+        for operand in (facts.weight, facts.bias)
+        if operand is not None
+    )
+    return NodeCost(Ops.at(mults, width, adds, width), stored)
+
+
+@formula(K.EMBEDDING)
+def embedding(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
+    """A table lookup does no arithmetic; the table is stored."""
+    weight = facts.weight
+    assert weight is not None
+    return NodeCost(Ops(), (_stored(weight, ctx.stats(weight), ctx.bits.weight or 32),))
+
+
+@formula(K.MATMUL)
+def matmul(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
+    """Between activations: a dot product of length n per output (n mults, n - 1 adds)."""
+    length = facts.inputs[0].shape[-1]
+    outputs = _out(facts)
+    return NodeCost(
+        Ops.at(outputs * length, ctx.bits.mult, outputs * (length - 1), ctx.accumulator_bits)
+    )
+
+
+@formula(K.ATTENTION)
+def attention(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
+    """softmax(q·kᵀ · scale) · v: two batched matmuls, one scaling per score and a softmax."""
+    query, key, value = facts.inputs[:3]
+    batch = math.prod(query.shape[:-2])
+    q_len, depth = query.shape[-2:]
+    k_len = key.shape[-2]
+    v_depth = value.shape[-1]
+    scores = batch * q_len * k_len
+    softmax = ctx.rules.activations[K.SOFTMAX]
+    mults = scores * depth + scores + softmax.mults * scores + batch * q_len * v_depth * k_len
+    adds = softmax.adds * scores
+    accumulate = scores * (depth - 1) + batch * q_len * v_depth * (k_len - 1)
+    act = ctx.bits.act
+    return NodeCost(Ops.at(mults, act, adds, act) + Ops.at(0, 0, accumulate, ctx.accumulator_bits))
+
+
+@formula(K.AVG_POOL, K.MAX_POOL)
+def pool(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
+    """Per output: window - 1 adds (or comparisons) and, for an average, one division."""
+    outputs = _out(facts)
+    assert facts.output is not None
+    kernel = facts.attributes["kernel_size"]
+    spatial = len(facts.output.shape) - 2
+    window = math.prod(_ints(kernel) if not isinstance(kernel, int) else (kernel,) * spatial)
+    mults = outputs if facts.kind is K.AVG_POOL else 0
+    width = ctx.bits.act
+    return NodeCost(Ops.at(mults, width, outputs * (window - 1), width))
+
+
+@formula(K.ADAPTIVE_AVG_POOL, K.ADAPTIVE_MAX_POOL)
+def adaptive_pool(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
+    """Adaptive windows differ in size; their exact sizes are summed, dimension by dimension."""
+    assert facts.output is not None
+    in_shape, out_shape = facts.inputs[0].shape, facts.output.shape
+    spatial = len(out_shape) - 2
+    planes = math.prod(out_shape[:-spatial])
+    covered = planes * math.prod(
+        _window_total(size_in, size_out)
+        for size_in, size_out in zip(in_shape[-spatial:], out_shape[-spatial:], strict=True)
+    )
+    outputs = _out(facts)
+    mults = outputs if facts.kind is K.ADAPTIVE_AVG_POOL else 0
+    width = ctx.bits.act
+    return NodeCost(Ops.at(mults, width, covered - outputs, width))
+
+
+def _window_total(size_in: int, size_out: int) -> int:
+    """Sum of the adaptive window lengths along one dimension (PyTorch's floor/ceil bounds)."""
+    return sum(
+        -(-(j + 1) * size_in // size_out) - (j * size_in // size_out) for j in range(size_out)
+    )
+
+
+@formula(K.MEAN, K.SUM)
+def reduction(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
+    """Summing n values takes n - 1 adds per output; a mean adds one division per output."""
+    outputs = _out(facts)
+    inputs = facts.inputs[0].numel
+    mults = outputs if facts.kind is K.MEAN else 0
+    width = ctx.bits.act
+    return NodeCost(Ops.at(mults, width, inputs - outputs, width))
+
+
+@formula(K.ADD, K.SUB)
+def elementwise_add(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
+    return NodeCost(Ops.at(0, 0, _out(facts), ctx.bits.act))
+
+
+@formula(K.MUL, K.DIV)
+def elementwise_mul(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
+    return NodeCost(Ops.at(_out(facts), ctx.bits.act, 0, 0))
+
+
+@formula(*ACTIVATIONS)
+def activation(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
+    """Per-element costs come from the rule set's activation table."""
+    assert facts.kind is not None
+    cost = ctx.rules.activations[facts.kind]
+    elements = _out(facts)
+    width = ctx.bits.act
+    return NodeCost(Ops.at(cost.mults * elements, width, cost.adds * elements, width))
+
+
+@formula(K.FREE)
+def free(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
+    return NodeCost(Ops())
+
+
+def _ints(value: object) -> tuple[int, ...]:
+    assert isinstance(value, list | tuple), f"expected a sequence of ints, got {value!r}"
+    return tuple(int(v) for v in value)

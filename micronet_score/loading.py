@@ -1,0 +1,209 @@
+"""Load what the user points at: an exported program, a pickle, a state_dict, or a factory.
+
+Pickles are opened with `weights_only=True`, which refuses to run code; a pickled module needs the
+user's explicit `trust=True`. Every failure becomes one UserError line saying what to do.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import pickle
+import sys
+import zipfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from micronet_score.errors import UserError
+
+_CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model")
+
+
+@dataclass(frozen=True, eq=False)
+class LoadedModel:
+    """The model to analyse, and the input shape it was recorded with (exported programs only)."""
+
+    module: nn.Module
+    recorded_shape: tuple[int, ...] | None
+
+
+def load_model(
+    spec: str,
+    *,
+    arch: str | None = None,
+    arch_kwargs: Mapping[str, Any] | None = None,
+    trust: bool = False,
+) -> LoadedModel:
+    path = Path(spec)
+    if not path.exists():
+        if _looks_like_factory(spec):
+            return LoadedModel(build_from_factory(spec, arch_kwargs), None)
+        raise UserError(f"model file not found: {spec}")
+    if path.is_dir():
+        raise UserError(f"{spec} is a folder; give a model file (.pt2, .pt, .pth)")
+    kind = _archive_kind(path)
+    if kind == "torchscript":
+        raise UserError(
+            f"{spec} is a TorchScript archive, which hides the module structure; "
+            "export the model with torch.export.export(...) and torch.export.save(...) instead"
+        )
+    if kind == "export":
+        return from_exported(_load_exported(path))
+    loaded = _load_pickle(path, trust)
+    if isinstance(loaded, torch.export.ExportedProgram):
+        return from_exported(loaded)
+    if isinstance(loaded, nn.Module):
+        return LoadedModel(loaded, None)
+    state = _state_dict(loaded)
+    if state is None:
+        raise UserError(
+            f"{spec} holds a {type(loaded).__name__}, not a model or a state_dict; "
+            "save the nn.Module, its state_dict, or a torch.export program"
+        )
+    if arch is None:
+        raise UserError(
+            f"{spec} holds a state_dict (weights only); pass --arch 'file.py:function' or "
+            "'package.module:function' to build the model it belongs to"
+        )
+    model = build_from_factory(arch, arch_kwargs)
+    _load_state(model, state, spec)
+    return LoadedModel(model, None)
+
+
+def from_exported(program: torch.export.ExportedProgram) -> LoadedModel:
+    """The unlifted graph module, and the shape (without batch) its first input was traced at."""
+    placeholders = {
+        node.name: node for node in program.graph.nodes if node.op == "placeholder"
+    }
+    shape = None
+    for name in program.graph_signature.user_inputs:
+        value = placeholders[name].meta.get("val")
+        if isinstance(value, torch.Tensor):
+            shape = tuple(int(d) for d in value.shape[1:])
+            break
+    return LoadedModel(program.module(), shape)
+
+
+def _looks_like_factory(spec: str) -> bool:
+    module, sep, function = spec.rpartition(":")
+    return bool(sep and module and function.isidentifier())
+
+
+def build_from_factory(spec: str, kwargs: Mapping[str, Any] | None = None) -> nn.Module:
+    """Build a model from `file.py:function` or `package.module:function`, in eval mode."""
+    if not _looks_like_factory(spec):
+        raise UserError(f"malformed --arch '{spec}': expected 'file.py:function' or 'pkg.mod:function'")
+    factory = _import_factory(spec)
+    try:
+        model = factory(**(kwargs or {}))
+    except TypeError as error:
+        raise UserError(f"cannot call {spec} with {dict(kwargs or {})}: {error}") from error
+    if not isinstance(model, nn.Module):
+        raise UserError(f"{spec} returned a {type(model).__name__}, not an nn.Module")
+    return model.eval()
+
+
+def _import_factory(spec: str) -> Callable[..., object]:
+    location, _, name = spec.rpartition(":")
+    try:
+        if location.endswith(".py"):
+            file = Path(location)
+            if not file.is_file():
+                raise UserError(f"architecture file not found: {location}")
+            module_spec = importlib.util.spec_from_file_location(file.stem, file)
+            assert module_spec is not None and module_spec.loader is not None
+            module = importlib.util.module_from_spec(module_spec)
+            sys.modules.setdefault(file.stem, module)
+            module_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(location)
+    except UserError:
+        raise
+    except Exception as error:  # noqa: BLE001 - any import failure is the user's to fix
+        raise UserError(f"cannot import '{location}': {type(error).__name__}: {error}") from error
+    factory = getattr(module, name, None)
+    if not callable(factory):
+        raise UserError(f"'{location}' has no callable named '{name}'")
+    return factory  # type: ignore[no-any-return]
+
+
+def _archive_kind(path: Path) -> str:
+    """'export', 'torchscript', 'torch.save' (zip) or 'legacy' (a plain pickle)."""
+    if not zipfile.is_zipfile(path):
+        return "legacy"
+    try:
+        names = zipfile.ZipFile(path).namelist()
+    except zipfile.BadZipFile as error:
+        raise UserError(f"cannot read {path}: the file is damaged ({error})") from error
+    if any(n.endswith("/archive_format") or n.endswith("models/model.json") for n in names):
+        return "export"
+    if any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names):
+        return "torchscript"
+    return "torch.save"
+
+
+def _load_exported(path: Path) -> torch.export.ExportedProgram:
+    try:
+        return torch.export.load(path)
+    except (RuntimeError, ValueError, KeyError, json.JSONDecodeError, zipfile.BadZipFile) as error:
+        raise UserError(f"cannot load the exported program {path}: {error}".splitlines()[0]) \
+            from error
+
+
+def _load_pickle(path: Path, trust: bool) -> object:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not trust)
+    except pickle.UnpicklingError as error:
+        if trust:
+            raise UserError(f"cannot unpickle {path}: {error}".splitlines()[0]) from error
+        raise UserError(
+            f"{path} contains pickled Python objects (such as an nn.Module) and loading them runs "
+            "code from the file; pass --trust if you trust its origin, or save a state_dict "
+            "and use --arch"
+        ) from error
+    except (RuntimeError, EOFError, OSError, ModuleNotFoundError, AttributeError) as error:
+        if isinstance(error, ModuleNotFoundError | AttributeError):
+            raise UserError(
+                f"{path} needs the model's source code to load ({error}); run from a folder where "
+                "it can be imported, or export the model with torch.export"
+            ) from error
+        raise UserError(
+            f"cannot read {path}: not a valid PyTorch file, or truncated ({error})".splitlines()[0]
+        ) from error
+
+
+def _state_dict(loaded: object) -> dict[str, torch.Tensor] | None:
+    """A mapping of names to tensors, directly or under a usual checkpoint key."""
+    if not isinstance(loaded, Mapping) or not loaded:
+        return None
+    if all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in loaded.items()):
+        return dict(loaded)
+    for key in _CHECKPOINT_KEYS:
+        if key in loaded:
+            return _state_dict(loaded[key])
+    return None
+
+
+def _load_state(model: nn.Module, state: dict[str, torch.Tensor], spec: str) -> None:
+    """Load weights; a pruning checkpoint's `weight_orig`/`weight_mask` pairs are multiplied out."""
+    merged = dict(state)
+    for key in [k for k in state if k.endswith("_orig")]:
+        mask = f"{key[: -len('_orig')]}_mask"
+        if mask in state:
+            merged[key[: -len("_orig")]] = state[key] * state[mask]
+            del merged[key], merged[mask]
+    try:
+        model.load_state_dict(merged)
+    except RuntimeError as error:
+        first = str(error).splitlines()
+        detail = " ".join(line.strip() for line in first[1:3])
+        raise UserError(
+            f"{spec} does not fit the --arch model: {detail or first[0]}; check --arch and "
+            "--arch-kwargs"
+        ) from error
