@@ -51,7 +51,10 @@ def dtype_bits(dtype: torch.dtype) -> int:
 
 
 def parse_declaration(text: str) -> BitsDeclaration:
-    """Parse `PATTERN=W` or `PATTERN=W/A`, e.g. `dense3=8/8` or `*.conv2=4`."""
+    """Parse `PATTERN=W` or `PATTERN=W/A`, e.g. `dense3=8/8` or `*.conv2=4`.
+
+    Without `/A` only the weights are declared; activations keep the width their tensors have.
+    """
     match = _DECLARATION.match(text.strip())
     if match is None:
         raise UserError(
@@ -59,7 +62,7 @@ def parse_declaration(text: str) -> BitsDeclaration:
             "e.g. --bits 'dense3=8/8'"
         )
     weight = _check_width(int(match["weight"]), text)
-    act = _check_width(int(match["act"]), text) if match["act"] else weight
+    act = _check_width(int(match["act"]), text) if match["act"] else None
     return BitsDeclaration(match["pattern"].strip(), weight, act)
 
 

@@ -89,9 +89,11 @@ def _facts(node: torch.fx.Node, traced: TracedModel) -> NodeFacts:
         if (operand := _stored(args.get(role), root)) is not None
     }
     stored_nodes = {id(v) for v in args.values() if _stored(v, root) is not None}
-    inputs = tuple(
+    argument_nodes: list[torch.fx.Node] = []
+    torch.fx.node.map_arg((node.args, node.kwargs), argument_nodes.append)
+    inputs = tuple(  # in argument order, repeats kept: attention(x, x, x) has three inputs
         info
-        for arg in node.all_input_nodes
+        for arg in argument_nodes
         if id(arg) not in stored_nodes and (info := traced.values.get(arg)) is not None
     )
     attributes = {
@@ -178,11 +180,14 @@ def _argument_names(target: Callable[..., object]) -> tuple[str, ...]:
     schema = getattr(target, "_schema", None)
     if schema is None:
         try:
-            return tuple(inspect.signature(target).parameters)
-        except (TypeError, ValueError):  # a C builtin such as F.conv2d: use its aten schema
-            packet = getattr(torch.ops.aten, getattr(target, "__name__", ""), None)
-            overload = getattr(packet, "default", None)
-            schema = getattr(overload, "_schema", None)
-            if schema is None:
-                return ()
+            parameters = inspect.signature(target).parameters.values()
+            if all(p.kind is not p.VAR_POSITIONAL for p in parameters):
+                return tuple(p.name for p in parameters)
+        except (TypeError, ValueError):
+            pass
+        # A C builtin (F.conv2d) or a dispatcher (F.max_pool2d): use the aten op of that name.
+        packet = getattr(torch.ops.aten, getattr(target, "__name__", ""), None)
+        schema = getattr(getattr(packet, "default", None), "_schema", None)
+        if schema is None:
+            return ()
     return tuple(argument.name for argument in schema.arguments)

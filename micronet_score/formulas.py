@@ -92,13 +92,20 @@ def _out(facts: NodeFacts) -> int:
     return facts.output.numel
 
 
-def _weight_stats(facts: NodeFacts, ctx: FormulaContext) -> tuple[Operand, WeightStats]:
+def _weights(facts: NodeFacts, ctx: FormulaContext) -> tuple[WeightStats, tuple[Stored, ...]]:
+    """Zero structure of the weights and their storage.
+
+    A weight computed in the forward pass (e.g. by a parametrization on the root module) is an
+    activation here: counted dense, its stored sources charged where the graph reads them.
+    """
     weight = facts.weight
-    assert weight is not None, f"{facts.node.name} reads no stored weight"
+    if weight is None:
+        return dense_stats(facts.inputs[1].shape), ()
     stats = ctx.stats(weight)
+    stored = (_stored(weight, stats, ctx.bits.weight or 32),)
     if not ctx.rules.sparsity.skip_zero_weights:
         stats = dense_stats(tuple(weight.tensor.shape), known=stats.known)
-    return weight, stats
+    return stats, stored
 
 
 def _stored(operand: Operand, stats: WeightStats, bits: int) -> Stored:
@@ -117,7 +124,7 @@ def _bias(facts: NodeFacts, ctx: FormulaContext, channels: int) -> tuple[Stored,
 @formula(K.CONV, K.LINEAR)
 def dot_product(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
     """Each output is a dot product over the non-zero weights of its channel, plus a bias add."""
-    weight, stats = _weight_stats(facts, ctx)
+    stats, stored = _weights(facts, ctx)
     positions = _out(facts) // stats.channels
     mults = stats.nonzero * positions
     adds = (stats.nonzero - stats.nonzero_channels) * positions
@@ -125,14 +132,14 @@ def dot_product(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
     if bias:
         adds += stats.channels * positions
     ops = Ops.at(mults, ctx.bits.mult, adds, ctx.accumulator_bits)
-    return NodeCost(ops, (_stored(weight, ctx.stats(weight), ctx.bits.weight or 32), *bias))
+    return NodeCost(ops, (*stored, *bias))
 
 
 @formula(K.CONV_TRANSPOSE)
 def transposed_conv(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
     """Every non-zero weight meets every input position once; the products are then summed
     into the outputs, so the adds are the products minus one per output (plus the bias)."""
-    weight, stats = _weight_stats(facts, ctx)
+    stats, stored = _weights(facts, ctx)
     spatial = facts.inputs[0].shape[2:]
     mults = stats.nonzero * math.prod(spatial)
     outputs = _out(facts)
@@ -142,7 +149,7 @@ def transposed_conv(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
     if bias:
         adds += outputs
     ops = Ops.at(mults, ctx.bits.mult, adds, ctx.accumulator_bits)
-    return NodeCost(ops, (_stored(weight, ctx.stats(weight), ctx.bits.weight or 32), *bias))
+    return NodeCost(ops, (*stored, *bias))
 
 
 @formula(K.BATCH_NORM)

@@ -73,10 +73,13 @@ def trace(model: nn.Module, input_shape: tuple[int, ...]) -> TracedModel:
     """Trace `model` at batch size 1 and propagate shapes on fake tensors."""
     if isinstance(model, torch.fx.GraphModule):
         return _from_graph_module(model, input_shape)
+    tracer = _LeafTracer()
     try:
-        graph = _LeafTracer().trace(model)
+        graph = tracer.trace(model)
     except Exception as symbolic_error:  # noqa: BLE001 - any tracing failure means: try export
-        return _export_fallback(model, input_shape, symbolic_error)
+        stack = list(getattr(tracer, "module_stack", {}).values())
+        where = str(stack[-1][0]) if stack and stack[-1][0] else "the top-level module"
+        return _export_fallback(model, input_shape, symbolic_error, where)
     return TracedModel(
         graph=graph,
         root=model,
@@ -101,14 +104,15 @@ def _from_graph_module(gm: torch.fx.GraphModule, input_shape: tuple[int, ...]) -
 
 
 def _export_fallback(
-    model: nn.Module, input_shape: tuple[int, ...], symbolic_error: Exception
+    model: nn.Module, input_shape: tuple[int, ...], symbolic_error: Exception, where: str
 ) -> TracedModel:
     example = torch.zeros((1, *input_shape), dtype=_input_dtype(model))
     try:
         program = torch.export.export(model, (example,), strict=False)
     except Exception as export_error:  # noqa: BLE001 - both tracers failed: report where
         raise UserError(
-            f"cannot trace the model: symbolic tracing failed ({_first_line(symbolic_error)}) "
+            f"cannot trace the model: symbolic tracing failed in {where} "
+            f"({_first_line(symbolic_error)}) "
             f"and torch.export failed ({_first_line(export_error)}); "
             "make the forward free of data-dependent control flow, or export it yourself "
             "with torch.export and score the .pt2 file"
