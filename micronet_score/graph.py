@@ -157,6 +157,7 @@ class _ShapeRecorder(torch.fx.Interpreter):
 
     def __init__(self, root: nn.Module, graph: torch.fx.Graph) -> None:
         super().__init__(root, graph=graph)
+        self.extra_traceback = False  # our error already names the node; keep it one line
         self.values: dict[torch.fx.Node, TensorInfo | None] = {}
 
     def run_node(self, n: torch.fx.Node) -> object:
