@@ -64,12 +64,16 @@ def _module_table() -> tuple[tuple[type, OpKind], ...]:
     )
 
 
-@cache
+_MODULE_KINDS: dict[type, OpKind | None] = {}
+
+
 def module_kind(cls: type) -> OpKind | None:
-    for base, kind in _module_table():
-        if issubclass(cls, base):
-            return kind
-    return None
+    """Kind of a module class, by walking its bases (cached: graphs repeat few classes)."""
+    if cls not in _MODULE_KINDS:
+        _MODULE_KINDS[cls] = next(
+            (kind for base, kind in _module_table() if issubclass(cls, base)), None
+        )
+    return _MODULE_KINDS[cls]
 
 
 def _functions() -> dict[Callable[..., object], OpKind]:
@@ -224,9 +228,10 @@ def function_kind(target: object) -> OpKind | None:
     if _FUNCTION_TABLE is None:
         _FUNCTION_TABLE = _functions()
     try:
-        return _FUNCTION_TABLE.get(target)  # type: ignore[call-overload]
+        kind: OpKind | None = _FUNCTION_TABLE.get(target)  # type: ignore[call-overload]
     except TypeError:  # unhashable target
         return None
+    return kind
 
 
 def node_kind(node: torch.fx.Node, root: nn.Module) -> OpKind | None:

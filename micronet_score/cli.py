@@ -55,7 +55,7 @@ def _guarded(debug: bool, action: Callable[[], T]) -> T:
         if debug:
             raise
         _fail(str(error))
-    except Exception as error:  # noqa: BLE001 - anything unexpected still gets one clear line
+    except Exception as error:
         if debug:
             raise
         _fail(f"{type(error).__name__}: {error}".splitlines()[0] + " (rerun with --debug)")
@@ -81,7 +81,7 @@ def _parse_kwargs(text: str | None) -> dict[str, Any]:
     except json.JSONDecodeError as error:
         raise UserError(f"--arch-kwargs is not valid JSON ({error.msg}): {text}") from error
     if not isinstance(value, dict):
-        raise UserError(f"--arch-kwargs must be a JSON object, e.g. '{{\"growth_rate\": 4}}'")
+        raise UserError("--arch-kwargs must be a JSON object, e.g. '{\"growth_rate\": 4}'")
     return value
 
 
@@ -205,9 +205,8 @@ def list_rules() -> None:
         lines = ["Rule sets:"]
         for name in available_rules():
             rule_set = load_rules(name)
-            lines.append(
-                f"  {name:<18} {rule_set.description} (default baseline {rule_set.default_baseline})"
-            )
+            default = rule_set.default_baseline
+            lines.append(f"  {name:<18} {rule_set.description} (default baseline {default})")
         lines.append("Baselines:")
         for name in available_baselines():
             base = load_baseline(name)

@@ -1,4 +1,4 @@
-"""The one exception type that means "the user's input is wrong" (the CLI maps it to exit code 2)."""
+"""The one exception type meaning "the user's input is wrong" (the CLI maps it to exit code 2)."""
 
 from __future__ import annotations
 

@@ -170,7 +170,7 @@ def _bind(node: torch.fx.Node) -> dict[str, object]:
     if node.op != "call_function":
         return dict(node.kwargs)
     names = _argument_names(node.target)
-    bound = dict(zip(names, node.args, strict=False))
+    bound: dict[str, object] = dict(zip(names, node.args, strict=False))
     bound.update(node.kwargs)
     return bound
 

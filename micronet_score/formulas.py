@@ -21,7 +21,7 @@ K = OpKind
 
 @dataclass(frozen=True)
 class Ops:
-    """Raw counts plus bit-weighted sums (count × width), so costs at mixed widths add up."""
+    """Raw counts plus bit-weighted sums (count * width), so costs at mixed widths add up."""
 
     mults: float = 0.0
     adds: float = 0.0

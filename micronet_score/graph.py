@@ -76,7 +76,7 @@ def trace(model: nn.Module, input_shape: tuple[int, ...]) -> TracedModel:
     tracer = _LeafTracer()
     try:
         graph = tracer.trace(model)
-    except Exception as symbolic_error:  # noqa: BLE001 - any tracing failure means: try export
+    except Exception as symbolic_error:
         stack = list(getattr(tracer, "module_stack", {}).values())
         where = str(stack[-1][0]) if stack and stack[-1][0] else "the top-level module"
         return _export_fallback(model, input_shape, symbolic_error, where)
@@ -109,7 +109,7 @@ def _export_fallback(
     example = torch.zeros((1, *input_shape), dtype=_input_dtype(model))
     try:
         program = torch.export.export(model, (example,), strict=False)
-    except Exception as export_error:  # noqa: BLE001 - both tracers failed: report where
+    except Exception as export_error:
         raise UserError(
             f"cannot trace the model: symbolic tracing failed in {where} "
             f"({_first_line(symbolic_error)}) "

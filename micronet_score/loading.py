@@ -98,7 +98,9 @@ def _looks_like_factory(spec: str) -> bool:
 def build_from_factory(spec: str, kwargs: Mapping[str, Any] | None = None) -> nn.Module:
     """Build a model from `file.py:function` or `package.module:function`, in eval mode."""
     if not _looks_like_factory(spec):
-        raise UserError(f"malformed --arch '{spec}': expected 'file.py:function' or 'pkg.mod:function'")
+        raise UserError(
+            f"malformed --arch '{spec}': expected 'file.py:function' or 'pkg.mod:function'"
+        )
     factory = _import_factory(spec)
     try:
         model = factory(**(kwargs or {}))
@@ -125,7 +127,7 @@ def _import_factory(spec: str) -> Callable[..., object]:
             module = importlib.import_module(location)
     except UserError:
         raise
-    except Exception as error:  # noqa: BLE001 - any import failure is the user's to fix
+    except Exception as error:
         raise UserError(f"cannot import '{location}': {type(error).__name__}: {error}") from error
     factory = getattr(module, name, None)
     if not callable(factory):

@@ -199,11 +199,15 @@ def to_text(report: Report) -> str:
 
 
 def to_markdown(report: Report) -> str:
-    header = "| layer | op | params | bits w/a | storage | ops | share |\n|---|---|---:|---|---:|---:|---:|"
+    header = (
+        "| layer | op | params | bits w/a | storage | ops | share |\n"
+        "|---|---|---:|---|---:|---:|---:|"
+    )
     rows = [
         f"| `{layer.name}` | {layer.op} | {layer.params:,} | {bits_label(layer)} | "
         f"{layer.effective_params:,.1f} | {layer.effective_ops:,.0f} | {layer.share:.1%} |"
         for layer in report.layers
     ]
     summary = "\n".join(f"- {line}" for line in summary_lines(report))
-    return f"**MicroNet score: {report.score:.6f}**\n\n{summary}\n\n{header}\n" + "\n".join(rows) + "\n"
+    table = "\n".join([header, *rows])
+    return f"**MicroNet score: {report.score:.6f}**\n\n{summary}\n\n{table}\n"

@@ -92,8 +92,10 @@ class StorageChoice:
     mask_bits: int
 
 
-def cheapest_storage(stats: WeightStats, value_bits: float, formats: tuple[str, ...]) -> StorageChoice:
-    """Bits needed by each allowed format; the cheapest wins (dense on ties, since it is simplest)."""
+def cheapest_storage(
+    stats: WeightStats, value_bits: float, formats: tuple[str, ...]
+) -> StorageChoice:
+    """Bits needed by each allowed format; the cheapest wins (dense on ties: it is simplest)."""
     options: dict[str, tuple[float, int]] = {"dense": (stats.numel * value_bits, 0)}
     if "sparse" in formats and stats.known:
         options["sparse"] = (stats.nonzero * value_bits + stats.numel, stats.numel)

@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from micronet_score.report import Layer, Report  # noqa: E402
+from micronet_score.report import Layer, Report
 
 
 def layer(report: Report, name: str) -> Layer:

@@ -1,4 +1,4 @@
-"""Rule files and baselines are data; a typo fails at load with the file, the key and the choices."""
+"""Rule files and baselines are data: a typo fails at load, naming file, key and the choices."""
 
 from __future__ import annotations
 
