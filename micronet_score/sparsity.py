@@ -53,36 +53,36 @@ def tensor_stats(tensor: torch.Tensor) -> WeightStats:
     shape = tuple(int(d) for d in tensor.shape)
     if tensor.device.type == "meta":
         return dense_stats(shape, known=False)
-    nonzero_mask = _nonzero_mask(tensor.detach())
-    if nonzero_mask.dim() == 0:
-        nonzero_mask = nonzero_mask.reshape(1)
-    per_channel = nonzero_mask.reshape(nonzero_mask.shape[0], -1)
-    nonzero_kernels = 0
-    kernels = 0
-    if nonzero_mask.dim() >= 3:
-        per_kernel = nonzero_mask.reshape(shape[0] * shape[1], -1).any(dim=1)
-        kernels = per_kernel.numel()
-        nonzero_kernels = int(per_kernel.sum())
+    nonzero = _zero_where_zero(tensor.detach())
+    if nonzero.dim() == 0:
+        nonzero = nonzero.reshape(1)
+    # One pass over the data: non-zeros per kernel (or per channel for 1-D and 2-D tensors);
+    # every other figure is a reduction of those few numbers.
+    rows = shape[0] * shape[1] if nonzero.dim() >= 3 else nonzero.shape[0]
+    grouped = nonzero.reshape(rows, -1)
+    per_group = torch.count_nonzero(grouped, dim=1)
+    per_channel = per_group.reshape(nonzero.shape[0], -1).sum(dim=1)
+    has_kernels = nonzero.dim() >= 3
     return WeightStats(
-        numel=nonzero_mask.numel(),
+        numel=nonzero.numel(),
         nonzero=int(per_channel.sum()),
-        channels=per_channel.shape[0],
-        nonzero_channels=int(per_channel.any(dim=1).sum()),
-        kernels=kernels,
-        nonzero_kernels=nonzero_kernels,
+        channels=per_channel.numel(),
+        nonzero_channels=int(torch.count_nonzero(per_channel)),
+        kernels=per_group.numel() if has_kernels else 0,
+        nonzero_kernels=int(torch.count_nonzero(per_group)) if has_kernels else 0,
     )
 
 
-def _nonzero_mask(tensor: torch.Tensor) -> torch.Tensor:
-    if tensor.is_quantized:
-        if tensor.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
-            zero_points = tensor.q_per_channel_zero_points()
-            axis = tensor.q_per_channel_axis()
-            view = [1] * tensor.dim()
-            view[axis] = -1
-            return tensor.int_repr() != zero_points.reshape(view)
-        return tensor.int_repr() != tensor.q_zero_point()
-    return tensor != 0
+def _zero_where_zero(tensor: torch.Tensor) -> torch.Tensor:
+    """A tensor that is zero exactly where a weight is zero (quantized: code == zero point)."""
+    if not tensor.is_quantized:
+        return tensor
+    codes = tensor.int_repr().to(torch.int32)
+    if tensor.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
+        view = [1] * tensor.dim()
+        view[tensor.q_per_channel_axis()] = -1
+        return codes - tensor.q_per_channel_zero_points().reshape(view).to(torch.int32)
+    return codes - int(tensor.q_zero_point())
 
 
 @dataclass(frozen=True)
