@@ -50,6 +50,10 @@ def dtype_bits(dtype: torch.dtype) -> int:
     return _DTYPE_BITS.get(dtype, 32)
 
 
+def _width(dtype: torch.dtype, default_bits: int) -> int:
+    return default_bits if dtype == torch.float32 else dtype_bits(dtype)
+
+
 def parse_declaration(text: str) -> BitsDeclaration:
     """Parse `PATTERN=W` or `PATTERN=W/A`, e.g. `dense3=8/8` or `*.conv2=4`.
 
@@ -109,8 +113,12 @@ def resolve(
     weight: torch.Tensor | None,
     inputs: Iterable[torch.dtype],
     declared: Sequence[BitsDeclaration],
+    default_bits: int = 32,
 ) -> NodeBits:
-    """Widths for one node: the last matching declaration, else the dtypes of its tensors."""
+    """Widths for one node: the last matching declaration, else the dtypes of its tensors.
+
+    `default_bits` is the width a float32 tensor counts at (a rule set's base precision).
+    """
     declared_weight: int | None = None
     declared_act: int | None = None
     for declaration in declared:
@@ -119,9 +127,9 @@ def resolve(
             declared_act = declaration.act or declared_act
     weight_bits = None
     if weight is not None:
-        weight_bits = declared_weight or dtype_bits(weight.dtype)
-    float_inputs = [dtype_bits(d) for d in inputs if d.is_floating_point or d in _QUANTIZED]
-    act_bits = declared_act or (max(float_inputs) if float_inputs else 32)
+        weight_bits = declared_weight or _width(weight.dtype, default_bits)
+    widths = [_width(d, default_bits) for d in inputs if d.is_floating_point or d in _QUANTIZED]
+    act_bits = declared_act or (max(widths) if widths else default_bits)
     return NodeBits(weight_bits, act_bits)
 
 

@@ -15,7 +15,7 @@ import torch.fx
 
 from micronet_score.bits import BitsDeclaration, NodeBits, dtype_bits, resolve, unmatched
 from micronet_score.facts import NodeFacts, Operand, gather_facts
-from micronet_score.formulas import FORMULAS, FormulaContext, NodeCost, Ops, Stored
+from micronet_score.formulas import FormulaContext, NodeCost, Ops, Stored, formula_for
 from micronet_score.graph import TracedModel
 from micronet_score.opkinds import OpKind
 from micronet_score.report import Layer, Report, Uncounted
@@ -23,6 +23,7 @@ from micronet_score.rules import Baseline, RuleSet
 from micronet_score.sparsity import WeightStats, cheapest_storage, tensor_stats
 
 _FOLDS_INTO = (OpKind.CONV, OpKind.LINEAR)
+_DOT_PRODUCTS = (OpKind.CONV, OpKind.LINEAR, OpKind.CONV_TRANSPOSE)
 
 
 @dataclass(frozen=True)
@@ -62,12 +63,16 @@ def count(
     uncounted: list[Uncounted] = []
     charged: set[int] = set()
     for facts in all_facts:
+        if not _visible(facts, rules):
+            continue
         if facts.kind is None:
             uncounted.append(Uncounted(facts.node.name, facts.target, facts.module))
-            counted.extend(_orphans(facts, traced, declared, charged))
+            counted.extend(_orphans(facts, traced, declared, charged, rules.default_bits))
             continue
         weight = facts.weight.tensor if facts.weight is not None else None
-        bits = resolve(facts.module, weight, (i.dtype for i in facts.inputs), declared)
+        bits = resolve(
+            facts.module, weight, (i.dtype for i in facts.inputs), declared, rules.default_bits
+        )
         shift = folded_bias.get(facts)
         bias = None
         if shift is not None:
@@ -80,9 +85,9 @@ def count(
             folded_bias=bias,
             folded_into=_label(folds[facts]) if facts in folds else None,
         )
-        cost = FORMULAS[facts.kind](facts, context)
+        cost = formula_for(facts.kind, rules)(facts, context)
         counted.append(CountedNode(facts, bits, _charge_once(cost, charged)))
-    counted.extend(_unclaimed_tensors(traced, all_facts, declared, charged))
+    counted.extend(_unclaimed_tensors(traced, all_facts, declared, charged, rules.default_bits))
     modules = {name for name, _ in traced.root.named_modules()}
     warnings = [f"--bits pattern '{p}' matches no module" for p in unmatched(declared, modules)]
     if traced.root.training:
@@ -94,6 +99,15 @@ def count(
         traced.input_shape,
         traced.method,
     )
+
+
+def _visible(facts: NodeFacts, rules: RuleSet) -> bool:
+    """Whether the rule set counts this node at all (a module-hook counter sees only modules,
+    so under such rules an op without a formula is not "uncounted": it is invisible)."""
+    kinds = rules.counted.kinds
+    if kinds is None or facts.kind is OpKind.FREE:
+        return True
+    return facts.kind in kinds and (facts.as_module or not rules.counted.modules_only)
 
 
 def _label(facts: NodeFacts) -> str:
@@ -146,12 +160,13 @@ def _tensor_row(
     declared: Sequence[BitsDeclaration],
     charged: set[int],
     note: str,
+    default_bits: int,
 ) -> CountedNode | None:
     identity = id(tensor)
     if identity in charged:
         return None
     charged.add(identity)
-    bits = resolve(facts.module, tensor, (), declared)
+    bits = resolve(facts.module, tensor, (), declared, default_bits)
     width = bits.weight or dtype_bits(tensor.dtype)
     stored = Stored(key, identity, tensor_stats(tensor.detach()), width)
     return CountedNode(facts, NodeBits(width, bits.act), NodeCost(Ops(), (stored,), note))
@@ -162,6 +177,7 @@ def _orphans(
     traced: TracedModel,
     declared: Sequence[BitsDeclaration],
     charged: set[int],
+    default_bits: int,
 ) -> list[CountedNode]:
     """An uncounted module's parameters are still stored: charge them, ops stay uncounted."""
     if facts.node.op != "call_module":
@@ -174,7 +190,7 @@ def _orphans(
         )
         row = _tensor_row(
             as_parameter, f"{facts.module}.{name}", tensor, declared, charged,
-            "operations not counted",
+            "operations not counted", default_bits,
         )
         if row is not None:
             rows.append(row)
@@ -186,6 +202,7 @@ def _unclaimed_tensors(
     all_facts: list[NodeFacts],
     declared: Sequence[BitsDeclaration],
     charged: set[int],
+    default_bits: int,
 ) -> list[CountedNode]:
     """Stored tensors the graph reads directly (a class token, a quantization scale) are values
     needed for inference, so they are charged as parameters even though no layer owns them."""
@@ -204,7 +221,7 @@ def _unclaimed_tensors(
         if not isinstance(value, torch.Tensor) or id(value) in claimed:
             continue
         facts = NodeFacts(node, OpKind.PARAMETER, owner, "tensor", (), None, {}, {})
-        row = _tensor_row(facts, str(node.target), value, declared, charged, "")
+        row = _tensor_row(facts, str(node.target), value, declared, charged, "", default_bits)
         if row is not None:
             rows.append(row)
     return rows
@@ -215,6 +232,7 @@ def summarize(counts: Counts, rules: RuleSet, baseline: Baseline, freebie: bool 
     applied, reason = _freebie(counts, rules, freebie)
     cap = rules.freebie.bits if applied else None
     formats = rules.sparsity.storage
+    params_factor, ops_factor = _global_sparsity_factors(counts, rules)
     rows = []
     for counted in counts.nodes:
         storage_bits = 0.0
@@ -225,7 +243,8 @@ def summarize(counts: Counts, rules: RuleSet, baseline: Baseline, freebie: bool 
             layer_format = layer_format or choice.format
         ops = counted.cost.ops
         mult_bit_ops = ops.mults * cap if cap is not None else ops.mult_bit_ops
-        rows.append((counted, storage_bits, layer_format, (mult_bit_ops + ops.add_bit_ops) / 32))
+        effective_ops = (mult_bit_ops + ops.add_bit_ops) / 32 * ops_factor
+        rows.append((counted, storage_bits * params_factor, layer_format, effective_ops))
     params = sum(r[1] for r in rows) / 32
     total_ops = sum(r[3] for r in rows)
     params_score = params / baseline.params
@@ -255,6 +274,27 @@ def summarize(counts: Counts, rules: RuleSet, baseline: Baseline, freebie: bool 
         uncounted=counts.uncounted,
         warnings=counts.warnings,
     )
+
+
+def _global_sparsity_factors(counts: Counts, rules: RuleSet) -> tuple[float, float]:
+    """Whole-model factors of the course rules, measured over conv and linear weights:
+    density (1 - zeros) for the parameter part, and 1 - p_s for the ops part, where p_s is the
+    fraction of weights lying in filters that are entirely zero."""
+    policy = rules.sparsity
+    if policy.params_scale == "none" and policy.ops_scale == "none":
+        return 1.0, 1.0
+    weights = [
+        counted.cost.stored[0].stats
+        for counted in counts.nodes
+        if counted.facts.kind in _DOT_PRODUCTS and counted.cost.stored
+    ]
+    total = sum(w.numel for w in weights) or 1
+    zeros = sum(w.zeros for w in weights)
+    in_zero_filters = sum((w.channels - w.nonzero_channels) * (w.numel // w.channels)
+                          for w in weights)
+    params_factor = 1 - zeros / total if policy.params_scale == "density" else 1.0
+    ops_factor = 1 - in_zero_filters / total if policy.ops_scale == "filter_density" else 1.0
+    return params_factor, ops_factor
 
 
 def _capped(bits: int, cap: int | None) -> int:

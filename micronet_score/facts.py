@@ -6,6 +6,7 @@ Formulas only see these facts, so the same formula serves `nn.Conv2d`, `F.conv2d
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import re
 from collections.abc import Callable, Mapping
@@ -16,7 +17,7 @@ import torch
 import torch.fx
 from torch import nn
 
-from micronet_score.classify import node_kind, target_name
+from micronet_score.classify import module_kind, node_kind, target_name
 from micronet_score.graph import TensorInfo, TracedModel
 from micronet_score.opkinds import OpKind
 
@@ -44,6 +45,7 @@ class NodeFacts:
     output: TensorInfo | None
     operands: Mapping[str, Operand]
     attributes: Mapping[str, object]
+    as_module: bool = False
 
     @property
     def weight(self) -> Operand | None:
@@ -110,7 +112,37 @@ def _facts(node: torch.fx.Node, traced: TracedModel) -> NodeFacts:
         output=output,
         operands=operands,
         attributes=attributes,
+        as_module=_written_as_module(node, kind),
     )
+
+
+def _written_as_module(node: torch.fx.Node, kind: OpKind | None) -> bool:
+    """Whether the node is the computation of a torch.nn layer (not a function call).
+
+    Rule sets that mimic module-hook counters only see these. In exported graphs the layer is
+    recognised from the innermost entry of the node's module stack.
+    """
+    if node.op == "call_module":
+        return True
+    stack = node.meta.get("nn_module_stack")
+    if not stack or kind is None:
+        return False
+    owner = next(reversed(stack.values()))[1]
+    cls = _torch_class(owner) if isinstance(owner, str) else owner
+    return isinstance(cls, type) and module_kind(cls) is kind
+
+
+@cache
+def _torch_class(qualified_name: str) -> type | None:
+    """Resolve a recorded class name, only inside torch (never importing anything else)."""
+    module_name, _, name = qualified_name.rpartition(".")
+    if not module_name.startswith("torch."):
+        return None
+    try:
+        value = getattr(importlib.import_module(module_name), name, None)
+    except ImportError:
+        return None
+    return value if isinstance(value, type) else None
 
 
 def effective_tensor(module: nn.Module, name: str) -> torch.Tensor | None:

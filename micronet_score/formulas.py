@@ -73,18 +73,27 @@ class FormulaContext:
     folded_bias: Operand | None = None
     folded_into: str | None = None
 
+    def add_bits(self, natural: int) -> int:
+        """Width of a non-accumulating addition: its operands' width, or the accumulator's when
+        the rule set does not let additions shrink with the data."""
+        return natural if self.rules.add_width == "activation" else self.accumulator_bits
+
 
 Formula = Callable[[NodeFacts, FormulaContext], NodeCost]
-FORMULAS: dict[OpKind, Formula] = {}
+FORMULAS: dict[tuple[OpKind, str], Formula] = {}
 
 
-def formula(*kinds: OpKind) -> Callable[[Formula], Formula]:
+def formula(*kinds: OpKind, variant: str = "micronet") -> Callable[[Formula], Formula]:
     def register(function: Formula) -> Formula:
         for kind in kinds:
-            FORMULAS[kind] = function
+            FORMULAS[kind, variant] = function
         return function
 
     return register
+
+
+def formula_for(kind: OpKind, rules: RuleSet) -> Formula:
+    return FORMULAS[kind, rules.formulas.get(kind, "micronet")]
 
 
 def _out(facts: NodeFacts) -> int:
@@ -169,7 +178,7 @@ def batch_norm(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
                          values, ctx.bits.weight or 32),)
     width = ctx.bits.mult
     ops = Ops.at(policy.mults_per_element * elements, width,
-                 policy.adds_per_element * elements, width)
+                 policy.adds_per_element * elements, ctx.add_bits(width))
     return NodeCost(ops, stored)
 
 
@@ -194,7 +203,7 @@ def normalization(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
         for operand in (facts.weight, facts.bias)
         if operand is not None
     )
-    return NodeCost(Ops.at(mults, width, adds, width), stored)
+    return NodeCost(Ops.at(mults, width, adds, ctx.add_bits(width)), stored)
 
 
 @formula(K.EMBEDDING)
@@ -229,7 +238,9 @@ def attention(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
     adds = softmax.adds * scores
     accumulate = scores * (depth - 1) + batch * q_len * v_depth * (k_len - 1)
     act = ctx.bits.act
-    return NodeCost(Ops.at(mults, act, adds, act) + Ops.at(0, 0, accumulate, ctx.accumulator_bits))
+    return NodeCost(
+        Ops.at(mults, act, adds, ctx.add_bits(act)) + Ops.at(0, 0, accumulate, ctx.accumulator_bits)
+    )
 
 
 @formula(K.AVG_POOL, K.MAX_POOL)
@@ -237,12 +248,10 @@ def pool(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
     """Per output: window - 1 adds (or comparisons) and, for an average, one division."""
     outputs = _out(facts)
     assert facts.output is not None
-    kernel = facts.attributes["kernel_size"]
-    spatial = len(facts.output.shape) - 2
-    window = math.prod(_ints(kernel) if not isinstance(kernel, int) else (kernel,) * spatial)
+    window = math.prod(_kernel(facts))
     mults = outputs if facts.kind is K.AVG_POOL else 0
     width = ctx.bits.act
-    return NodeCost(Ops.at(mults, width, outputs * (window - 1), width))
+    return NodeCost(Ops.at(mults, width, outputs * (window - 1), ctx.add_bits(width)))
 
 
 @formula(K.ADAPTIVE_AVG_POOL, K.ADAPTIVE_MAX_POOL)
@@ -259,7 +268,7 @@ def adaptive_pool(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
     outputs = _out(facts)
     mults = outputs if facts.kind is K.ADAPTIVE_AVG_POOL else 0
     width = ctx.bits.act
-    return NodeCost(Ops.at(mults, width, covered - outputs, width))
+    return NodeCost(Ops.at(mults, width, covered - outputs, ctx.add_bits(width)))
 
 
 def _window_total(size_in: int, size_out: int) -> int:
@@ -276,12 +285,12 @@ def reduction(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
     inputs = facts.inputs[0].numel
     mults = outputs if facts.kind is K.MEAN else 0
     width = ctx.bits.act
-    return NodeCost(Ops.at(mults, width, inputs - outputs, width))
+    return NodeCost(Ops.at(mults, width, inputs - outputs, ctx.add_bits(width)))
 
 
 @formula(K.ADD, K.SUB)
 def elementwise_add(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
-    return NodeCost(Ops.at(0, 0, _out(facts), ctx.bits.act))
+    return NodeCost(Ops.at(0, 0, _out(facts), ctx.add_bits(ctx.bits.act)))
 
 
 @formula(K.MUL, K.DIV)
@@ -296,7 +305,9 @@ def activation(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
     cost = ctx.rules.activations[facts.kind]
     elements = _out(facts)
     width = ctx.bits.act
-    return NodeCost(Ops.at(cost.mults * elements, width, cost.adds * elements, width))
+    return NodeCost(
+        Ops.at(cost.mults * elements, width, cost.adds * elements, ctx.add_bits(width))
+    )
 
 
 @formula(K.FREE)
@@ -304,6 +315,52 @@ def free(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
     return NodeCost(Ops())
 
 
+def _kernel(facts: NodeFacts) -> tuple[int, ...]:
+    """A pooling window as one size per spatial dimension."""
+    assert facts.output is not None
+    kernel = facts.attributes["kernel_size"]
+    spatial = len(facts.output.shape) - 2
+    return (kernel,) * spatial if isinstance(kernel, int) else _ints(kernel)
+
+
 def _ints(value: object) -> tuple[int, ...]:
     assert isinstance(value, list | tuple), f"expected a sequence of ints, got {value!r}"
     return tuple(int(v) for v in value)
+
+
+# The IMT Atlantique course's 2022 profiler, as a variant: dense, base precision scaled mults,
+# and its own arithmetic for grouped convs and average pools.
+
+
+@formula(K.CONV, K.LINEAR, variant="imt_2022")
+def imt_2022_dot_product(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
+    """Per output: n mults at the layer's width and (n_full - 1) / groups unscaled adds, where
+    n_full = kernel x all input channels (the course divides the whole sum by the groups);
+    a conv bias adds 1, a linear bias nothing. Zero weights still cost."""
+    stats, stored = _weights(facts, ctx)
+    per_filter = stats.numel // stats.channels
+    groups = int(str(facts.attributes.get("groups", 1))) if facts.kind is K.CONV else 1
+    outputs = _out(facts)
+    mults = outputs * per_filter
+    adds = outputs * (per_filter * groups - 1) / groups
+    bias = _bias(facts, ctx, stats.channels)
+    if bias and facts.kind is K.CONV:
+        adds += outputs
+    return NodeCost(Ops.at(mults, ctx.bits.mult, adds, ctx.accumulator_bits), (*stored, *bias))
+
+
+@formula(K.AVG_POOL, variant="imt_2022")
+def imt_2022_avg_pool(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
+    """The course charges an average pool of kernel k (an integer) k ops per output."""
+    kernel = facts.attributes["kernel_size"]
+    per_output = kernel if isinstance(kernel, int) else math.prod(_kernel(facts))
+    return NodeCost(Ops.at(0, 0, _out(facts) * per_output, ctx.add_bits(ctx.bits.act)))
+
+
+@formula(K.CONV, K.LINEAR, variant="macs")
+def multiply_accumulates(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
+    """Dense multiply-accumulates only, at the wider of weight and activation width; only the
+    weights are stored (the 2024 course formula: zeros enter as whole-model factors)."""
+    stats, stored = _weights(facts, ctx)
+    macs = _out(facts) * (stats.numel // stats.channels)
+    return NodeCost(Ops.at(macs, ctx.bits.mult, 0, 0), stored)

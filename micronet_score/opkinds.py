@@ -73,3 +73,10 @@ SHAPE_PRESERVING: frozenset[OpKind] = ACTIVATIONS | {
     OpKind.LAYER_NORM,
     OpKind.GROUP_NORM,
 }
+
+# Named formula variants a rule file may choose per op kind, and the kinds each one covers.
+# The default for every kind is "micronet".
+FORMULA_VARIANTS: dict[str, frozenset[OpKind]] = {
+    "imt_2022": frozenset({OpKind.CONV, OpKind.LINEAR, OpKind.AVG_POOL}),
+    "macs": frozenset({OpKind.CONV, OpKind.LINEAR}),
+}

@@ -16,9 +16,12 @@ from typing import Any
 import yaml
 
 from micronet_score.errors import UserError
-from micronet_score.opkinds import ACTIVATIONS, OpKind
+from micronet_score.opkinds import ACTIVATIONS, FORMULA_VARIANTS, OpKind
 
 STORAGE_FORMATS = ("dense", "sparse", "kernel_mask", "filter_mask")
+ADD_WIDTHS = ("activation", "accumulator")
+PARAMS_SCALES = ("none", "density")
+OPS_SCALES = ("none", "filter_density")
 BASELINES_FILE = "baselines.yaml"
 
 
@@ -46,8 +49,22 @@ class BatchNormPolicy:
 
 @dataclass(frozen=True)
 class SparsityPolicy:
+    """How zeros enter the score: per output channel and per tensor (official rules), or as
+    whole-model factors measured over conv and linear weights (the course's rules)."""
+
     skip_zero_weights: bool
     storage: tuple[str, ...]
+    params_scale: str
+    ops_scale: str
+
+
+@dataclass(frozen=True)
+class CountedPolicy:
+    """Which nodes a rule set sees. `kinds` None means every kind; `modules_only` ignores ops
+    written as functions (a module-hook counter cannot see them)."""
+
+    kinds: frozenset[OpKind] | None
+    modules_only: bool
 
 
 @dataclass(frozen=True)
@@ -56,6 +73,10 @@ class RuleSet:
     description: str
     default_baseline: str
     accumulator_bits: int
+    default_bits: int
+    add_width: str
+    counted: CountedPolicy
+    formulas: Mapping[OpKind, str]
     freebie: FreebiePolicy
     batch_norm: BatchNormPolicy
     sparsity: SparsityPolicy
@@ -106,15 +127,10 @@ def load_rules(name_or_path: str) -> RuleSet:
     _check_keys(data, _field_names(RuleSet) - {"source"}, where, "")
     freebie = _section(data, "freebie", FreebiePolicy, where)
     batch_norm = _section(data, "batch_norm", BatchNormPolicy, where)
-    sparsity_data = _mapping(data["sparsity"], where, "sparsity")
-    _check_keys(sparsity_data, _field_names(SparsityPolicy), where, "sparsity")
+    sparsity_data = _section(data, "sparsity", SparsityPolicy, where)
     storage = tuple(str(s) for s in sparsity_data["storage"])
     for fmt in storage:
-        if fmt not in STORAGE_FORMATS:
-            raise UserError(
-                f"{where}: unknown storage format '{fmt}' in sparsity.storage; "
-                f"valid formats: {', '.join(STORAGE_FORMATS)}"
-            )
+        _choice(fmt, STORAGE_FORMATS, where, "sparsity.storage")
     if "dense" not in storage:
         raise UserError(f"{where}: sparsity.storage must include 'dense'")
     return RuleSet(
@@ -122,6 +138,10 @@ def load_rules(name_or_path: str) -> RuleSet:
         description=str(data["description"]),
         default_baseline=str(data["default_baseline"]),
         accumulator_bits=_positive_int(data["accumulator_bits"], where, "accumulator_bits"),
+        default_bits=_positive_int(data["default_bits"], where, "default_bits"),
+        add_width=_choice(data["add_width"], ADD_WIDTHS, where, "add_width"),
+        counted=_counted(data["counted"], where),
+        formulas=_formulas(data["formulas"], where),
         freebie=FreebiePolicy(
             enabled=bool(freebie["enabled"]),
             bits=_positive_int(freebie["bits"], where, "freebie.bits"),
@@ -133,7 +153,12 @@ def load_rules(name_or_path: str) -> RuleSet:
             params_per_channel=int(batch_norm["params_per_channel"]),
         ),
         sparsity=SparsityPolicy(
-            skip_zero_weights=bool(sparsity_data["skip_zero_weights"]), storage=storage
+            skip_zero_weights=bool(sparsity_data["skip_zero_weights"]),
+            storage=storage,
+            params_scale=_choice(
+                sparsity_data["params_scale"], PARAMS_SCALES, where, "sparsity.params_scale"
+            ),
+            ops_scale=_choice(sparsity_data["ops_scale"], OPS_SCALES, where, "sparsity.ops_scale"),
         ),
         activations=_activations(data["activations"], where),
         source=where,
@@ -253,3 +278,41 @@ def _activations(data: Any, where: str) -> dict[OpKind, ElementCost]:
     if missing:
         raise UserError(f"{where}: activations lacks a cost for: {', '.join(sorted(missing))}")
     return costs
+
+
+def _choice(value: Any, valid: tuple[str, ...], where: str, key: str) -> str:
+    if value not in valid:
+        raise UserError(f"{where}: unknown value {value!r} for '{key}'; valid: {', '.join(valid)}")
+    return str(value)
+
+
+def _kind(name: Any, where: str, key: str) -> OpKind:
+    try:
+        return OpKind(name)
+    except ValueError:
+        valid = ", ".join(kind.value for kind in OpKind)
+        raise UserError(f"{where}: unknown op kind {name!r} in '{key}'; valid: {valid}") from None
+
+
+def _counted(data: Any, where: str) -> CountedPolicy:
+    section = _mapping(data, where, "counted")
+    _check_keys(section, _field_names(CountedPolicy), where, "counted")
+    kinds = section["kinds"]
+    return CountedPolicy(
+        kinds=None if kinds is None else frozenset(_kind(k, where, "counted.kinds") for k in kinds),
+        modules_only=bool(section["modules_only"]),
+    )
+
+
+def _formulas(data: Any, where: str) -> dict[OpKind, str]:
+    chosen: dict[OpKind, str] = {}
+    for name, variant in _mapping(data or {}, where, "formulas").items():
+        kind = _kind(name, where, "formulas")
+        covering = [v for v, kinds in FORMULA_VARIANTS.items() if kind in kinds]
+        if variant != "micronet" and variant not in covering:
+            raise UserError(
+                f"{where}: unknown formula {variant!r} for 'formulas.{name}'; "
+                f"valid: {', '.join(['micronet', *covering])}"
+            )
+        chosen[kind] = str(variant)
+    return chosen
