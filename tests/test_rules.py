@@ -104,17 +104,18 @@ def test_unknown_storage_format(tmp_path: Path) -> None:
     sparsity = {"skip_zero_weights": True, "storage": ["dense", "csr"],
                 "params_scale": "none", "ops_scale": "none"}
     path = edited_rules(tmp_path, {"sparsity": sparsity})
-    with pytest.raises(UserError, match="unknown value 'csr' for 'sparsity.storage'; valid: dense"):
+    expected = r"unknown value 'csr' for 'sparsity\.storage'; valid: dense"
+    with pytest.raises(UserError, match=expected):
         load_rules(str(path))
 
 
 def test_unknown_formula_variant_lists_the_valid_ones(tmp_path: Path) -> None:
     path = edited_rules(tmp_path, {"formulas": {"conv": "fast"}})
-    with pytest.raises(UserError, match="unknown formula 'fast' for 'formulas.conv'; valid: "
-                                        "micronet, imt_2022, macs"):
+    with pytest.raises(UserError, match=r"unknown formula 'fast' for 'formulas\.conv'; valid: "
+                                        r"micronet, imt_2022, macs"):
         load_rules(str(path))
     path = edited_rules(tmp_path, {"counted": {"kinds": ["convolution"], "modules_only": False}})
-    with pytest.raises(UserError, match="unknown op kind 'convolution' in 'counted.kinds'"):
+    with pytest.raises(UserError, match=r"unknown op kind 'convolution' in 'counted\.kinds'"):
         load_rules(str(path))
 
 
