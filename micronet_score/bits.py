@@ -30,7 +30,7 @@ _DTYPE_BITS: dict[torch.dtype, int] = {
     torch.int64: 64,
     torch.bool: 1,
 }
-_QUANTIZED = frozenset({torch.qint8, torch.quint8, torch.qint32})
+QUANTIZED = frozenset({torch.qint8, torch.quint8, torch.qint32})
 _DECLARATION = re.compile(r"^(?P<pattern>[^=]+)=(?P<weight>\d+)(?:/(?P<act>\d+))?$")
 
 
@@ -101,6 +101,12 @@ class NodeBits:
 
     weight: int | None
     act: int
+    declared_weight: int | None = None
+
+    def stored(self, dtype_width: int | None) -> int:
+        """Width of a layer's other stored values (bias, folded BatchNorm shift): the
+        declared width when a declaration covers the layer, else their own."""
+        return self.declared_weight or dtype_width or self.weight or 32
 
     @property
     def mult(self) -> int:
@@ -108,17 +114,25 @@ class NodeBits:
         return max(self.weight or 0, self.act)
 
 
+def width(dtype: torch.dtype, known: int | None, default_bits: int = 32) -> int | None:
+    """Width of a value: what a quantizer bounds it to, else its dtype's (a float32 counts at the
+    rule set's base precision). None for integer data such as indices, which carries no width."""
+    if known is not None:
+        return known
+    if dtype.is_floating_point or dtype in QUANTIZED:
+        return _width(dtype, default_bits)
+    return None
+
+
 def resolve(
     module: str,
-    weight: torch.Tensor | None,
-    inputs: Iterable[torch.dtype],
+    weight: int | None,
+    inputs: Iterable[int | None],
     declared: Sequence[BitsDeclaration],
     default_bits: int = 32,
 ) -> NodeBits:
-    """Widths for one node: the last matching declaration, else the dtypes of its tensors.
-
-    `default_bits` is the width a float32 tensor counts at (a rule set's base precision).
-    """
+    """Widths for one node: the last matching declaration, else the widths its tensors have
+    (`weight` and `inputs` as computed by `width`)."""
     declared_weight: int | None = None
     declared_act: int | None = None
     for declaration in declared:
@@ -127,10 +141,10 @@ def resolve(
             declared_act = declaration.act or declared_act
     weight_bits = None
     if weight is not None:
-        weight_bits = declared_weight or _width(weight.dtype, default_bits)
-    widths = [_width(d, default_bits) for d in inputs if d.is_floating_point or d in _QUANTIZED]
+        weight_bits = declared_weight or weight
+    widths = [w for w in inputs if w is not None]
     act_bits = declared_act or (max(widths) if widths else default_bits)
-    return NodeBits(weight_bits, act_bits)
+    return NodeBits(weight_bits, act_bits, declared_weight)
 
 
 def unmatched(declared: Sequence[BitsDeclaration], modules: Iterable[str]) -> list[str]:

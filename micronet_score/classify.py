@@ -24,13 +24,23 @@ K = OpKind
 @cache
 def _module_table() -> tuple[tuple[type, OpKind], ...]:
     """Ordered: subclasses before their bases (ReLU6 is a Hardtanh, ConvTranspose a _ConvNd)."""
+    import torch.ao.nn.quantized as nnq
+    from torch.ao.quantization.fake_quantize import FakeQuantizeBase
+    from torch.ao.quantization.observer import ObserverBase
     from torch.export._unlift import GuardsFn
 
     conv = nn.modules.conv
+    quantized_conv = nnq.modules.conv
     return (
         (conv._ConvTransposeNd, K.CONV_TRANSPOSE),
         (conv._ConvNd, K.CONV),
+        (quantized_conv._ConvTransposeNd, K.CONV_TRANSPOSE),
+        (quantized_conv._ConvNd, K.CONV),
         (nn.Linear, K.LINEAR),
+        (nnq.Linear, K.LINEAR),
+        (FakeQuantizeBase, K.QUANTIZE),
+        (ObserverBase, K.OBSERVER),
+        (nnq.Quantize, K.QUANTIZE),
         (nn.modules.batchnorm._BatchNorm, K.BATCH_NORM),
         (nn.LayerNorm, K.LAYER_NORM),
         (nn.GroupNorm, K.GROUP_NORM),
@@ -58,7 +68,6 @@ def _module_table() -> tuple[tuple[type, OpKind], ...]:
         (nn.Unflatten, K.FREE),
         (torch.ao.quantization.QuantStub, K.FREE),
         (torch.ao.quantization.DeQuantStub, K.FREE),
-        (torch.ao.nn.quantized.Quantize, K.FREE),
         (torch.ao.nn.quantized.DeQuantize, K.FREE),
         (GuardsFn, K.FREE),
     )
@@ -111,11 +120,11 @@ def _functions() -> dict[Callable[..., object], OpKind]:
         K.ELU: (F.elu, F.elu_),
         K.SOFTMAX: (F.softmax, torch.softmax),
         K.LOG_SOFTMAX: (F.log_softmax, torch.log_softmax),
+        K.QUANTIZE: (torch.quantize_per_tensor, torch.quantize_per_channel),
         K.FREE: (
             torch.cat, torch.concat, torch.stack, torch.flatten, torch.reshape, torch.permute,
             torch.transpose, torch.squeeze, torch.unsqueeze, torch.chunk, torch.split,
-            torch.narrow, torch.t, torch.clone, torch.quantize_per_tensor,
-            torch.quantize_per_channel, torch.dequantize, torch._assert, operator.getitem,
+            torch.narrow, torch.t, torch.clone, torch.dequantize, torch._assert, operator.getitem,
             getattr, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout,
             torch.Tensor.size,
         ),
@@ -202,15 +211,23 @@ _ATEN: dict[str, OpKind] = {
             "unsqueeze", "flatten", "split", "split_with_sizes", "slice", "select",
             "contiguous", "dropout", "native_dropout", "lift_fresh_copy", "sym_size", "unbind",
             "chunk", "_assert_tensor_metadata", "_assert_scalar", "sym_constrain_range_for_size",
-            "copy", "empty_like", "zeros_like", "quantize_per_tensor", "quantize_per_channel",
-            "dequantize", "type_as", "unflatten", "narrow",
+            "copy", "empty_like", "zeros_like", "dequantize", "type_as", "unflatten", "narrow",
         ),
         K.FREE,
     ),
 }
 
-# Namespaces whose every op only changes the representation of values (PT2E quantize/dequantize).
-_FREE_NAMESPACES = ("quantized_decomposed", "torchao")
+# PT2E quantize/dequantize ops live in these namespaces; their other ops (choose_qparams) are free.
+_QUANTIZE_NAMESPACES = ("quantized_decomposed", "torchao")
+# Ops of torch.ao's quantized engine (FX-converted models), by name.
+_QUANTIZED_ENGINE: dict[str, OpKind] = {
+    "add": K.ADD, "add_relu": K.ADD, "add_scalar": K.ADD, "add_scalar_relu": K.ADD,
+    "mul": K.MUL, "mul_relu": K.MUL, "mul_scalar": K.MUL, "mul_scalar_relu": K.MUL,
+    "cat": K.FREE, "cat_relu": K.FREE,
+}
+_QUANTIZED_ENGINE_RELU = frozenset(
+    {"add_relu", "add_scalar_relu", "mul_relu", "mul_scalar_relu", "cat_relu"}
+)
 
 _FUNCTION_TABLE: dict[Callable[..., object], OpKind] | None = None
 
@@ -218,13 +235,12 @@ _FUNCTION_TABLE: dict[Callable[..., object], OpKind] | None = None
 def function_kind(target: object) -> OpKind | None:
     global _FUNCTION_TABLE
     if isinstance(target, torch._ops.OpOverload | torch._ops.OpOverloadPacket):
-        namespace = target.namespace
-        if namespace in _FREE_NAMESPACES:
-            return K.FREE
-        if namespace != "aten":
-            return None
-        packet = target.overloadpacket if isinstance(target, torch._ops.OpOverload) else target
-        return _ATEN.get(packet.__name__)
+        namespace, name = op_name(target)
+        if namespace in _QUANTIZE_NAMESPACES:
+            return K.QUANTIZE if name.startswith(("quantize", "dequantize")) else K.FREE
+        if namespace == "quantized":
+            return _QUANTIZED_ENGINE.get(name)
+        return _ATEN.get(name) if namespace == "aten" else None
     if _FUNCTION_TABLE is None:
         _FUNCTION_TABLE = _functions()
     try:
@@ -252,6 +268,49 @@ def target_name(node: torch.fx.Node, root: nn.Module) -> str:
     if node.op == "call_method":
         return f".{node.target}()"
     target = node.target
-    if isinstance(target, torch._ops.OpOverload):
-        return f"{target.namespace}.{target.overloadpacket.__name__}"
+    if isinstance(target, torch._ops.OpOverload | torch._ops.OpOverloadPacket):
+        return ".".join(op_name(target))
     return getattr(target, "__name__", str(target))
+
+
+@cache
+def _fused_relu_modules() -> tuple[type, ...]:
+    import torch.ao.nn.intrinsic.qat as nniqat
+    import torch.ao.nn.intrinsic.quantized as nniq
+    import torch.ao.nn.intrinsic.quantized.dynamic as nniqd
+
+    return (
+        nniq.ConvReLU1d, nniq.ConvReLU2d, nniq.ConvReLU3d, nniq.LinearReLU, nniq.BNReLU2d,
+        nniq.BNReLU3d, nniq.ConvAddReLU2d, nniqd.LinearReLU, nniqat.ConvReLU1d,
+        nniqat.ConvReLU2d, nniqat.ConvReLU3d, nniqat.ConvBnReLU1d, nniqat.ConvBnReLU2d,
+        nniqat.ConvBnReLU3d, nniqat.LinearReLU,
+    )
+
+
+def fused_activation(node: torch.fx.Node, root: nn.Module) -> OpKind | None:
+    """The relu a fused layer or quantized op applies to its output (ConvReLU2d, add_relu)."""
+    if node.op == "call_module":
+        module = root.get_submodule(str(node.target))
+        return K.RELU if isinstance(module, _fused_relu_modules()) else None
+    target = node.target
+    if isinstance(target, torch._ops.OpOverload | torch._ops.OpOverloadPacket):
+        namespace, name = op_name(target)
+        if namespace == "quantized" and name in _QUANTIZED_ENGINE_RELU:
+            return K.RELU
+    return None
+
+
+def op_name(target: torch._ops.OpOverload | torch._ops.OpOverloadPacket) -> tuple[str, str]:
+    """(namespace, name) of a dispatcher op, e.g. ('aten', 'conv2d')."""
+    packet = target.overloadpacket if isinstance(target, torch._ops.OpOverload) else target
+    namespace, _, name = packet._qualified_op_name.partition("::")
+    return namespace, name
+
+
+def reads_stored_qparams_only(node: torch.fx.Node) -> bool:
+    """A dequantize op repeats the scale and zero point of the quantize that fed it: literal
+    parameters are charged once, at the quantize."""
+    target = node.target
+    if isinstance(target, torch._ops.OpOverload | torch._ops.OpOverloadPacket):
+        return op_name(target)[1].startswith("dequantize")
+    return False

@@ -13,9 +13,18 @@ from dataclasses import dataclass
 import torch
 import torch.fx
 
-from micronet_score.bits import BitsDeclaration, NodeBits, dtype_bits, resolve, unmatched
+from micronet_score.bits import BitsDeclaration, NodeBits, dtype_bits, resolve, unmatched, width
+from micronet_score.errors import UserError
 from micronet_score.facts import NodeFacts, Operand, gather_facts
-from micronet_score.formulas import FormulaContext, NodeCost, Ops, Stored, formula_for
+from micronet_score.formulas import (
+    FormulaContext,
+    NodeCost,
+    Ops,
+    Stored,
+    formula_for,
+    with_fused_activation,
+    with_qparams,
+)
 from micronet_score.graph import TracedModel
 from micronet_score.opkinds import OpKind
 from micronet_score.report import Layer, Report, Uncounted
@@ -24,6 +33,7 @@ from micronet_score.sparsity import WeightStats, cheapest_storage, tensor_stats
 
 _FOLDS_INTO = (OpKind.CONV, OpKind.LINEAR)
 _DOT_PRODUCTS = (OpKind.CONV, OpKind.LINEAR, OpKind.CONV_TRANSPOSE)
+_NOT_LAYERS = (OpKind.QUANTIZE, OpKind.PARAMETER)
 
 
 @dataclass(frozen=True)
@@ -59,6 +69,7 @@ def count(
             stats_cache[operand.identity] = tensor_stats(operand.tensor)
         return stats_cache[operand.identity]
 
+    value_bits = _value_bits(all_facts)
     counted: list[CountedNode] = []
     uncounted: list[Uncounted] = []
     charged: set[int] = set()
@@ -69,10 +80,12 @@ def count(
             uncounted.append(Uncounted(facts.node.name, facts.target, facts.module))
             counted.extend(_orphans(facts, traced, declared, charged, rules.default_bits))
             continue
-        weight = facts.weight.tensor if facts.weight is not None else None
-        bits = resolve(
-            facts.module, weight, (i.dtype for i in facts.inputs), declared, rules.default_bits
-        )
+        if facts.kind is OpKind.OBSERVER:
+            raise UserError(
+                f"the model is prepared for quantization but not converted: '{facts.module}' is "
+                "an observer; call convert_fx (or convert_pt2e) first, or score the float model"
+            )
+        bits = _node_bits(facts, value_bits, declared, rules.default_bits)
         shift = folded_bias.get(facts)
         bias = None
         if shift is not None:
@@ -86,6 +99,9 @@ def count(
             folded_into=_label(folds[facts]) if facts in folds else None,
         )
         cost = formula_for(facts.kind, rules)(facts, context)
+        if facts.fused is not None:
+            cost = with_fused_activation(cost, facts, context)
+        cost = with_qparams(cost, facts)
         counted.append(CountedNode(facts, bits, _charge_once(cost, charged)))
     counted.extend(_unclaimed_tensors(traced, all_facts, declared, charged, rules.default_bits))
     modules = {name for name, _ in traced.root.named_modules()}
@@ -93,12 +109,47 @@ def count(
     if traced.root.training:
         warnings.append("the model is in training mode; it was counted as in eval mode")
     return Counts(
-        tuple(c for c in counted if c.facts.kind is not OpKind.FREE),
+        tuple(c for c in counted if c.facts.kind is not OpKind.FREE and not _empty_quantize(c)),
         tuple(uncounted),
         tuple(warnings),
         traced.input_shape,
         traced.method,
     )
+
+
+def _value_bits(all_facts: list[NodeFacts]) -> dict[torch.fx.Node, int]:
+    """Width of the values each node outputs, where a quantizer bounds it: set by quantize and
+    fake-quantize nodes, kept through free nodes that do not change the dtype (views, cat).
+    A PT2E dequantize keeps its quantizer's width: the op reading it computes on those values."""
+    bits: dict[torch.fx.Node, int] = {}
+    for facts in all_facts:
+        if facts.kind is OpKind.QUANTIZE and facts.quant_bits is not None:
+            bits[facts.node] = facts.quant_bits
+        elif facts.kind is OpKind.FREE and facts.inputs and facts.output is not None:
+            known = [bits[n] for n in facts.input_nodes if n in bits]
+            if known and facts.output.dtype == facts.inputs[0].dtype:
+                bits[facts.node] = max(known)
+    return bits
+
+
+def _node_bits(
+    facts: NodeFacts,
+    value_bits: dict[torch.fx.Node, int],
+    declared: Sequence[BitsDeclaration],
+    default_bits: int,
+) -> NodeBits:
+    weight = facts.weight
+    weight_bits = width(weight.tensor.dtype, weight.bits, default_bits) if weight else None
+    inputs = (
+        width(info.dtype, value_bits.get(node), default_bits)
+        for node, info in zip(facts.input_nodes, facts.inputs, strict=True)
+    )
+    return resolve(facts.module, weight_bits, inputs, declared, default_bits)
+
+
+def _empty_quantize(counted: CountedNode) -> bool:
+    """A dequantize that stores nothing is pure bookkeeping: no row in the report."""
+    return counted.facts.kind is OpKind.QUANTIZE and not counted.cost.stored
 
 
 def _visible(facts: NodeFacts, rules: RuleSet) -> bool:
@@ -166,10 +217,11 @@ def _tensor_row(
     if identity in charged:
         return None
     charged.add(identity)
-    bits = resolve(facts.module, tensor, (), declared, default_bits)
-    width = bits.weight or dtype_bits(tensor.dtype)
-    stored = Stored(key, identity, tensor_stats(tensor.detach()), width)
-    return CountedNode(facts, NodeBits(width, bits.act), NodeCost(Ops(), (stored,), note))
+    bits = resolve(facts.module, width(tensor.dtype, None, default_bits), (), declared,
+                   default_bits)
+    stored_bits = bits.weight or dtype_bits(tensor.dtype)
+    stored = Stored(key, identity, tensor_stats(tensor.detach()), stored_bits)
+    return CountedNode(facts, NodeBits(stored_bits, bits.act), NodeCost(Ops(), (stored,), note))
 
 
 def _orphans(
@@ -307,7 +359,9 @@ def _freebie(counts: Counts, rules: RuleSet, allowed: bool) -> tuple[bool, str]:
     if not allowed:
         return False, "turned off by the user"
     floor = rules.freebie.bits
-    for counted in counts.nodes:
+    # Layers first, so that the reason names a layer rather than a quantize node.
+    ordered = sorted(counts.nodes, key=lambda c: c.facts.kind in _NOT_LAYERS)
+    for counted in ordered:
         bits = counted.bits
         if bits.act < floor or (bits.weight is not None and bits.weight < floor):
             where = counted.facts.module or counted.facts.node.name

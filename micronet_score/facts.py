@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -17,11 +18,22 @@ import torch
 import torch.fx
 from torch import nn
 
-from micronet_score.classify import module_kind, node_kind, target_name
+from micronet_score.bits import dtype_bits
+from micronet_score.classify import (
+    fused_activation,
+    module_kind,
+    node_kind,
+    reads_stored_qparams_only,
+    target_name,
+)
 from micronet_score.graph import TensorInfo, TracedModel
 from micronet_score.opkinds import OpKind
 
 _STORED_ROLES = ("weight", "bias", "running_mean", "running_var")
+# Quantization parameters read by quantize/dequantize ops (names from torch and PT2E schemas).
+QPARAM_ROLES = (
+    "scale", "zero_point", "scales", "zero_points", "weight_scale", "weight_zero_point"
+)
 # Non-tensor settings some formulas need, read from the module or the call's arguments.
 _ATTRIBUTES = ("kernel_size", "normalized_shape", "num_groups", "groups")
 
@@ -33,10 +45,15 @@ class Operand:
     key: str
     identity: int
     tensor: torch.Tensor
+    bits: int | None = None  # width a quantizer bounds the values to, when one does
 
 
 @dataclass(frozen=True, eq=False)
 class NodeFacts:
+    """`inputs` are the activation inputs (stored operands excluded), `input_nodes` their nodes;
+    `fused` is an activation a fused layer applies to its output; `quant_bits` is the width a
+    quantize node bounds its values to."""
+
     node: torch.fx.Node
     kind: OpKind | None
     module: str
@@ -46,6 +63,9 @@ class NodeFacts:
     operands: Mapping[str, Operand]
     attributes: Mapping[str, object]
     as_module: bool = False
+    input_nodes: tuple[torch.fx.Node, ...] = ()
+    fused: OpKind | None = None
+    quant_bits: int | None = None
 
     @property
     def weight(self) -> Operand | None:
@@ -87,17 +107,19 @@ def _facts(node: torch.fx.Node, traced: TracedModel) -> NodeFacts:
         kind = OpKind.CONV_TRANSPOSE
     operands = _module_operands(module, str(node.target)) if module is not None else {
         role: operand
-        for role in _STORED_ROLES
+        for role in (*_STORED_ROLES, *QPARAM_ROLES)
         if (operand := _stored(args.get(role), root)) is not None
     }
+    if kind is OpKind.QUANTIZE and module is None and not reads_stored_qparams_only(node):
+        operands = {**_literal_qparams(node, args), **operands}
     stored_nodes = {id(v) for v in args.values() if _stored(v, root) is not None}
     argument_nodes: list[torch.fx.Node] = []
     torch.fx.node.map_arg((node.args, node.kwargs), argument_nodes.append)
-    inputs = tuple(  # in argument order, repeats kept: attention(x, x, x) has three inputs
-        info
+    activations = [  # in argument order, repeats kept: attention(x, x, x) has three inputs
+        (arg, info)
         for arg in argument_nodes
         if id(arg) not in stored_nodes and (info := traced.values.get(arg)) is not None
-    )
+    ]
     attributes = {
         name: getattr(module, name) if module is not None else args[name]
         for name in _ATTRIBUTES
@@ -108,12 +130,39 @@ def _facts(node: torch.fx.Node, traced: TracedModel) -> NodeFacts:
         kind=kind,
         module=module_path(node),
         target=target_name(node, root),
-        inputs=inputs,
+        inputs=tuple(info for _, info in activations),
         output=output,
         operands=operands,
         attributes=attributes,
         as_module=_written_as_module(node, kind),
+        input_nodes=tuple(arg for arg, _ in activations),
+        fused=fused_activation(node, root),
+        quant_bits=quantizer_bits(module, args) if kind is OpKind.QUANTIZE else None,
     )
+
+
+def _literal_qparams(node: torch.fx.Node, args: Mapping[str, object]) -> dict[str, Operand]:
+    """Scale and zero point written into the graph as numbers (PT2E per-tensor quantization)."""
+    return {
+        role: Operand(f"{node.name}.{role}", hash((id(node), role)), torch.tensor([value]))
+        for role in ("scale", "zero_point")
+        if isinstance(value := args.get(role), int | float)
+    }
+
+
+def _levels_bits(quant_min: object, quant_max: object) -> int:
+    levels = int(str(quant_max)) - int(str(quant_min)) + 1
+    return max(1, math.ceil(math.log2(levels)))
+
+
+def quantizer_bits(module: nn.Module | None, args: Mapping[str, object]) -> int | None:
+    """Width of the values a quantizer produces: from its integer range when it has one
+    (a 4-bit fake-quant with range -8..7 gives 4), else from its quantized dtype."""
+    source: Mapping[str, object] = vars(module) if module is not None else args
+    if source.get("quant_min") is not None and source.get("quant_max") is not None:
+        return _levels_bits(source["quant_min"], source["quant_max"])
+    dtype = source.get("dtype", getattr(module, "dtype", None))
+    return dtype_bits(dtype) if isinstance(dtype, torch.dtype) else None
 
 
 def _written_as_module(node: torch.fx.Node, kind: OpKind | None) -> bool:
@@ -156,34 +205,68 @@ def effective_tensor(module: nn.Module, name: str) -> torch.Tensor | None:
     return value.detach() if isinstance(value, torch.Tensor) else None
 
 
-def _identity(module: nn.Module, name: str, value: torch.Tensor) -> int:
+def _identity(module: nn.Module, name: str) -> int:
+    """A stable identity for a module's stored value, whichever way it is computed."""
     for owner in (f"{name}_orig", f"parametrizations.{name}.original"):
         try:
             return id(module.get_parameter(owner))
         except AttributeError:
             continue
-    return id(getattr(module, name))
+    value = getattr(module, name, None)
+    if isinstance(value, torch.Tensor):
+        return id(value)
+    return hash((id(module), name))  # packed quantized weights: one value per module
+
+
+def _stored_value(module: nn.Module, role: str) -> torch.Tensor | None:
+    """Stored values of a layer: quantized layers unpack theirs (`weight()`); a QAT conv-bn
+    layer's bias is its BatchNorm's shift, which converting folds into it."""
+    value = getattr(module, role, None)
+    if callable(value) and not isinstance(value, nn.Module):
+        packed = value()
+        return packed.detach() if isinstance(packed, torch.Tensor) else None
+    if role == "bias" and value is None:
+        batch_norm = getattr(module, "bn", None)
+        if isinstance(batch_norm, nn.modules.batchnorm._BatchNorm):
+            return effective_tensor(batch_norm, "bias")
+    if role in ("scale", "zero_point") and isinstance(value, int | float):
+        return torch.tensor([value])
+    return effective_tensor(module, role)
 
 
 def _module_operands(module: nn.Module, path: str) -> dict[str, Operand]:
+    weight_quantizer = getattr(module, "weight_fake_quant", None)
+    weight_bits = quantizer_bits(weight_quantizer, {}) if weight_quantizer is not None else None
     operands: dict[str, Operand] = {}
-    for role in _STORED_ROLES:
-        value = effective_tensor(module, role)
+    for role in (*_STORED_ROLES, "scale", "zero_point"):
+        value = _stored_value(module, role)
         if value is not None:
             key = f"{path}.{role}" if path else role
-            operands[role] = Operand(key, _identity(module, role, value), value)
+            bits = weight_bits if role == "weight" else None
+            operands[role] = Operand(key, _identity(module, role), value, bits)
+    if weight_quantizer is not None:  # the scales and zero points converting will store
+        for role in ("scale", "zero_point"):
+            value = getattr(weight_quantizer, role)
+            operands[f"weight_{role}"] = Operand(
+                f"{path}.weight_fake_quant.{role}", id(value), value.detach(), weight_bits
+            )
     return operands
 
 
 def _stored(value: object, root: nn.Module) -> Operand | None:
-    """Follow a value back through free reshapes (e.g. `t(weight)`) to a stored tensor, if any."""
+    """Follow a value back through free reshapes (`t(weight)`) and dequantize ops to a stored
+    tensor, if any; a quantizer met on the way bounds the width of its values."""
+    bits = None
     while isinstance(value, torch.fx.Node):
         if value.op == "get_attr":
             tensor = _attr(root, str(value.target))
             if tensor is None:
                 return None
-            return Operand(str(value.target), id(tensor), tensor.detach())
-        if value.op == "call_function" and node_kind(value, root) is OpKind.FREE and value.args:
+            return Operand(str(value.target), id(tensor), tensor.detach(), bits)
+        kind = node_kind(value, root) if value.op == "call_function" else None
+        if kind in (OpKind.FREE, OpKind.QUANTIZE) and value.args:
+            if kind is OpKind.QUANTIZE and bits is None:
+                bits = quantizer_bits(None, _bind(value))
             value = value.args[0]
             continue
         return None
@@ -210,6 +293,9 @@ def _bind(node: torch.fx.Node) -> dict[str, object]:
 @cache
 def _argument_names(target: Callable[..., object]) -> tuple[str, ...]:
     schema = getattr(target, "_schema", None)
+    if isinstance(target, torch._ops.OpOverloadPacket):
+        overloads: list[str] = target.overloads()  # type: ignore[no-untyped-call]
+        schema = getattr(target, overloads[0])._schema if overloads else None
     if schema is None:
         try:
             parameters = inspect.signature(target).parameters.values()

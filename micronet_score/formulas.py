@@ -10,8 +10,10 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from micronet_score.bits import NodeBits
-from micronet_score.facts import NodeFacts, Operand
+import torch
+
+from micronet_score.bits import QUANTIZED, NodeBits, dtype_bits, width
+from micronet_score.facts import QPARAM_ROLES, NodeFacts, Operand
 from micronet_score.opkinds import ACTIVATIONS, OpKind
 from micronet_score.rules import RuleSet
 from micronet_score.sparsity import WeightStats, dense_stats
@@ -80,6 +82,7 @@ class FormulaContext:
 
 
 Formula = Callable[[NodeFacts, FormulaContext], NodeCost]
+_ZERO_POINT_ROLES = ("zero_point", "zero_points", "weight_zero_point")
 FORMULAS: dict[tuple[OpKind, str], Formula] = {}
 
 
@@ -111,10 +114,26 @@ def _weights(facts: NodeFacts, ctx: FormulaContext) -> tuple[WeightStats, tuple[
     if weight is None:
         return dense_stats(facts.inputs[1].shape), ()
     stats = ctx.stats(weight)
-    stored = (_stored(weight, stats, ctx.bits.weight or 32),)
+    stored = (_stored(weight, stats, ctx.bits.weight or 32), *_weight_qparams(weight, ctx))
     if not ctx.rules.sparsity.skip_zero_weights:
         stats = dense_stats(tuple(weight.tensor.shape), known=stats.known)
     return stats, stored
+
+
+def _weight_qparams(weight: Operand, ctx: FormulaContext) -> tuple[Stored, ...]:
+    """A quantized weight also stores its scales (32 bits) and zero points (its own width),
+    one pair per channel or one for the tensor."""
+    tensor = weight.tensor
+    if not tensor.is_quantized:
+        return ()
+    per_channel = tensor.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric)
+    count = int(tensor.q_per_channel_scales().numel()) if per_channel else 1
+    values = dense_stats((count,))
+    return (
+        Stored(f"{weight.key}.scale", hash((weight.identity, "scale")), values, 32),
+        Stored(f"{weight.key}.zero_point", hash((weight.identity, "zero_point")), values,
+               ctx.bits.weight or 8),
+    )
 
 
 def _stored(operand: Operand, stats: WeightStats, bits: int) -> Stored:
@@ -126,7 +145,7 @@ def _bias(facts: NodeFacts, ctx: FormulaContext, channels: int) -> tuple[Stored,
     bias = facts.bias or ctx.folded_bias
     if bias is None:
         return ()
-    bits = ctx.bits.weight or 32
+    bits = ctx.bits.stored(width(bias.tensor.dtype, bias.bits, ctx.rules.default_bits))
     return (_stored(bias, dense_stats((channels,)), bits),)
 
 
@@ -313,6 +332,39 @@ def activation(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
 @formula(K.FREE)
 def free(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
     return NodeCost(Ops())
+
+
+@formula(K.QUANTIZE)
+def quantize(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
+    """No arithmetic is counted; its scale and zero point are charged by `with_qparams`."""
+    return NodeCost(Ops())
+
+
+def with_qparams(cost: NodeCost, facts: NodeFacts) -> NodeCost:
+    """Quantization parameters a node reads (a quantize op's, a quantized layer's output scale
+    and zero point) are stored values: scales at 32 bits, zero points at the quantized width."""
+    stored_ids = {s.identity for s in cost.stored}
+    zero_point_bits = facts.quant_bits or (
+        dtype_bits(facts.output.dtype) if facts.output and facts.output.dtype in QUANTIZED else 8
+    )
+    extra = tuple(
+        _stored(operand, dense_stats(tuple(operand.tensor.shape) or (1,)),
+                operand.bits or zero_point_bits if role in _ZERO_POINT_ROLES else 32)
+        for role, operand in facts.operands.items()
+        if role in QPARAM_ROLES and operand.identity not in stored_ids
+    )
+    return NodeCost(cost.ops, cost.stored + extra, cost.note) if extra else cost
+
+
+def with_fused_activation(cost: NodeCost, facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
+    """A fused layer (ConvReLU2d, quantized add_relu) also pays for its activation."""
+    assert facts.fused is not None
+    activation_cost = ctx.rules.activations[facts.fused]
+    elements = _out(facts)
+    width = ctx.bits.act
+    extra = Ops.at(activation_cost.mults * elements, width,
+                   activation_cost.adds * elements, ctx.add_bits(width))
+    return NodeCost(cost.ops + extra, cost.stored, cost.note)
 
 
 def _kernel(facts: NodeFacts) -> tuple[int, ...]:

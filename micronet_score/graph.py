@@ -9,15 +9,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cache
 
 import torch
 import torch.fx
+import torch.nn.functional as F
 from torch import nn
-from torch._subclasses.fake_tensor import FakeTensorMode
+from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode, unset_fake_temporarily
+from torch.utils._pytree import tree_leaves, tree_map
 
 from micronet_score.classify import function_kind, module_kind
 from micronet_score.errors import UserError
-from micronet_score.opkinds import SHAPE_PRESERVING
+from micronet_score.opkinds import SHAPE_PRESERVING, OpKind
 
 
 @dataclass(frozen=True)
@@ -71,9 +74,9 @@ class _LeafTracer(torch.fx.Tracer):
 
 def trace(model: nn.Module, input_shape: tuple[int, ...]) -> TracedModel:
     """Trace `model` at batch size 1 and propagate shapes on fake tensors."""
-    if isinstance(model, torch.fx.GraphModule):
-        return _from_graph_module(model, input_shape)
     tracer = _LeafTracer()
+    if isinstance(model, torch.fx.GraphModule) and not _has_containers(model, tracer):
+        return _from_graph_module(model, input_shape)
     try:
         graph = tracer.trace(model)
     except Exception as symbolic_error:
@@ -86,6 +89,16 @@ def trace(model: nn.Module, input_shape: tuple[int, ...]) -> TracedModel:
         values=_propagate(model, graph, input_shape),
         input_shape=input_shape,
         method="symbolic_trace",
+    )
+
+
+def _has_containers(gm: torch.fx.GraphModule, tracer: _LeafTracer) -> bool:
+    """A graph that calls modules we would trace through (e.g. fused ConvReLU2d containers
+    from `fuse_fx`) is traced again, so that their layers are counted one by one."""
+    return any(
+        node.op == "call_module"
+        and not tracer.is_leaf_module(gm.get_submodule(str(node.target)), str(node.target))
+        for node in gm.graph.nodes
     )
 
 
@@ -153,16 +166,24 @@ def _recorded_values(graph: torch.fx.Graph) -> dict[torch.fx.Node, TensorInfo | 
 
 
 class _ShapeRecorder(torch.fx.Interpreter):
-    """Runs the graph on fake tensors and keeps only each node's output shape and dtype."""
+    """Runs the graph on fake tensors and keeps only each node's output shape and dtype.
 
-    def __init__(self, root: nn.Module, graph: torch.fx.Graph) -> None:
+    Layers are never called: their forward could run hooks, update BatchNorm statistics or
+    fake-quantization observers, or reassign pruned weights, all of which would change the
+    user's model. Shape-preserving layers pass their input through; conv and linear layers run
+    their functional form on stand-in weights. Ops without a fake implementation (the quantized
+    engine's) run once for real on zeros at batch size 1.
+    """
+
+    def __init__(self, root: nn.Module, graph: torch.fx.Graph, mode: FakeTensorMode) -> None:
         super().__init__(root, graph=graph)
         self.extra_traceback = False  # our error already names the node; keep it one line
+        self.mode = mode
         self.values: dict[torch.fx.Node, TensorInfo | None] = {}
 
     def run_node(self, n: torch.fx.Node) -> object:
         try:
-            result = self._passthrough(n) if self._preserves_shape(n) else super().run_node(n)
+            result = self._shape_of(n)
         except Exception as error:
             where = n.meta.get("nn_module_stack")
             module = next(reversed(where.values()))[0] if where else n.target
@@ -173,26 +194,103 @@ class _ShapeRecorder(torch.fx.Interpreter):
         self.values[n] = _info(result)
         return result
 
-    def _preserves_shape(self, n: torch.fx.Node) -> bool:
-        """Norms and activations only need their input's shape: skip running them (BatchNorm on
-        fake tensors costs milliseconds, as it is decomposed into many small ops)."""
-        if n.op == "call_module":
-            kind = module_kind(type(self.module.get_submodule(str(n.target))))
-        elif n.op == "call_function" and not isinstance(n.target, torch._ops.OpOverload):
-            kind = function_kind(n.target)
-        else:
-            return False
-        return kind in SHAPE_PRESERVING and isinstance(n.args[0], torch.fx.Node)
+    def _shape_of(self, n: torch.fx.Node) -> object:
+        kind = self._kind(n)
+        module = self.module.get_submodule(str(n.target)) if n.op == "call_module" else None
+        passthrough = kind in SHAPE_PRESERVING or isinstance(module, _observers())
+        if passthrough and isinstance(n.args[0], torch.fx.Node):
+            return self.env[n.args[0]]
+        args, kwargs = self.fetch_args_kwargs_from_env(n)
+        if _needs_real_run(n, module, (args, kwargs)):
+            return self._run_for_real(n, args, kwargs)
+        if module is not None and kind in _STAND_IN_KINDS:
+            return _stand_in(module, args[0])
+        return super().run_node(n)
 
-    def _passthrough(self, n: torch.fx.Node) -> object:
-        return self.env[n.args[0]]  # type: ignore[index]
+    def _kind(self, n: torch.fx.Node) -> OpKind | None:
+        if n.op == "call_module":
+            return module_kind(type(self.module.get_submodule(str(n.target))))
+        if n.op == "call_function" and not isinstance(n.target, torch._ops.OpOverload):
+            return function_kind(n.target)
+        return None
+
+    def _run_for_real(self, n: torch.fx.Node, args: object, kwargs: object) -> object:
+        """Quantized tensors cannot be faked: such ops run on zeros, and their quantized
+        outputs stay real (batch size 1) while float outputs go back to fake tensors."""
+        with unset_fake_temporarily(), torch.no_grad():
+            real_args, real_kwargs = tree_map(_zeros_like, (args, kwargs))
+            result = getattr(self, n.op)(n.target, real_args, real_kwargs)
+        return tree_map(
+            lambda v: self.mode.from_tensor(v) if _is_float_tensor(v) else v, result
+        )
+
+
+_STAND_IN_KINDS = frozenset({OpKind.CONV, OpKind.CONV_TRANSPOSE, OpKind.LINEAR})
+_QUANTIZED_DTYPES = (torch.quint8, torch.qint8, torch.qint32)
+_QUANTIZING_FUNCTIONS = (torch.quantize_per_tensor, torch.quantize_per_channel)
+
+
+@cache
+def _observers() -> tuple[type, ...]:
+    from torch.ao.quantization.fake_quantize import FakeQuantizeBase
+    from torch.ao.quantization.observer import ObserverBase
+
+    return (FakeQuantizeBase, ObserverBase)
+
+
+def _is_float_tensor(value: object) -> bool:
+    return isinstance(value, torch.Tensor) and value.dtype not in _QUANTIZED_DTYPES
+
+
+def _needs_real_run(n: torch.fx.Node, module: nn.Module | None, inputs: object) -> bool:
+    """Ops that read or make quantized tensors, and quantized layers (packed weights)."""
+    if n.target in _QUANTIZING_FUNCTIONS:
+        return True
+    if module is not None and (
+        callable(getattr(module, "weight", None)) or type(module).__module__.startswith(
+            "torch.ao.nn.quantized"
+        )
+    ):
+        return True
+    return any(
+        isinstance(v, torch.Tensor) and v.dtype in _QUANTIZED_DTYPES for v in tree_leaves(inputs)
+    )
+
+
+def _stand_in(module: nn.Module, x: object) -> torch.Tensor:
+    """The layer's output shape from its functional form, with an empty weight of its shape."""
+    assert isinstance(x, torch.Tensor) and isinstance(module.weight, torch.Tensor)
+    weight = torch.empty(tuple(module.weight.shape), dtype=x.dtype)
+    if isinstance(module, nn.Linear):
+        return F.linear(x, weight)
+    spatial = x.dim() - 2
+    if isinstance(module, nn.modules.conv._ConvTransposeNd):
+        transposed = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[spatial - 1]
+        return transposed(
+            x, weight, None, module.stride, module.padding,  # type: ignore[arg-type]
+            module.output_padding, module.groups, module.dilation,
+        )
+    assert isinstance(module, nn.modules.conv._ConvNd)
+    convolution = (F.conv1d, F.conv2d, F.conv3d)[spatial - 1]
+    return convolution(
+        x, weight, None, module.stride, module.padding, module.dilation, module.groups
+    )
+
+
+def _zeros_like(value: object) -> object:
+    if not isinstance(value, FakeTensor):
+        return value
+    shape = tuple(int(d) for d in value.shape)
+    if value.dtype in _QUANTIZED_DTYPES:
+        return torch.quantize_per_tensor(torch.zeros(shape), 1.0, 0, value.dtype)
+    return torch.zeros(shape, dtype=value.dtype)
 
 
 def _propagate(
     root: nn.Module, graph: torch.fx.Graph, input_shape: tuple[int, ...]
 ) -> dict[torch.fx.Node, TensorInfo | None]:
     mode = FakeTensorMode(allow_non_fake_inputs=True)
-    recorder = _ShapeRecorder(root, graph)
+    recorder = _ShapeRecorder(root, graph, mode)
     with mode, torch.no_grad():
         example = torch.empty((1, *input_shape), dtype=_input_dtype(root))
         n_inputs = sum(1 for n in graph.nodes if n.op == "placeholder")

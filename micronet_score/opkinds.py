@@ -43,8 +43,13 @@ class OpKind(str, Enum):
     ELU = "elu"
     SOFTMAX = "softmax"
     LOG_SOFTMAX = "log_softmax"
-    # Moves or relabels data without arithmetic: cat, views, dropout in eval, quantize/dequantize.
+    # Moves or relabels data without arithmetic: cat, views, dropout in eval, casts.
     FREE = "free"
+    # Quantizes, dequantizes or fake-quantizes values: no arithmetic counted, but it bounds the
+    # width of the values and may store a scale and a zero point.
+    QUANTIZE = "quantize"
+    # An observer of a prepared, not yet converted, model: a state we refuse to score.
+    OBSERVER = "observer"
     # A parameter or buffer read directly by the graph rather than through a counted layer.
     PARAMETER = "parameter"
 

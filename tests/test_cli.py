@@ -176,7 +176,7 @@ def test_torchscript_is_refused_with_advice(tmp_path: Path) -> None:
     [
         (["missing.pt"], "model file not found"),
         (["{truncated}"], "cannot read"),
-        (["{factory}", "--rules", "nope"], "valid names: micronet"),
+        (["{factory}", "--rules", "nope"], "valid names: imt-2022, imt-2024, micronet"),
         (["{factory}", "--baseline", "nope"], "valid names: wrn"),
         (["{factory}", "--input-shape", "3,x"], "malformed --input-shape"),
         (["{factory}", "--input-shape", "5,32,32"], "does not run on the given input shape"),
