@@ -106,7 +106,7 @@ def count(
     counted.extend(_unclaimed_tensors(traced, all_facts, declared, charged, rules.default_bits))
     modules = {name for name, _ in traced.root.named_modules()}
     warnings = [f"--bits pattern '{p}' matches no module" for p in unmatched(declared, modules)]
-    if traced.root.training:
+    if any(_trains(f, traced) for f in all_facts):
         warnings.append("the model is in training mode; it was counted as in eval mode")
     return Counts(
         tuple(c for c in counted if c.facts.kind is not OpKind.FREE and not _empty_quantize(c)),
@@ -145,6 +145,15 @@ def _node_bits(
         for node, info in zip(facts.input_nodes, facts.inputs, strict=True)
     )
     return resolve(facts.module, weight_bits, inputs, declared, default_bits)
+
+
+def _trains(facts: NodeFacts, traced: TracedModel) -> bool:
+    """A layer whose training mode changes what it computes (BatchNorm, dropout)."""
+    if facts.node.op != "call_module":
+        return False
+    module = traced.root.get_submodule(str(facts.node.target))
+    stateful = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.modules.dropout._DropoutNd)
+    return isinstance(module, stateful) and module.training
 
 
 def _empty_quantize(counted: CountedNode) -> bool:

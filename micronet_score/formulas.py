@@ -122,15 +122,21 @@ def _weights(facts: NodeFacts, ctx: FormulaContext) -> tuple[WeightStats, tuple[
 
 def _weight_qparams(weight: Operand, ctx: FormulaContext) -> tuple[Stored, ...]:
     """A quantized weight also stores its scales (32 bits) and zero points (its own width),
-    one pair per channel or one for the tensor."""
+    one pair per channel or one for the tensor; zero points that are all 0 (symmetric
+    quantization) are implied by the scheme and cost nothing."""
     tensor = weight.tensor
     if not tensor.is_quantized:
         return ()
     per_channel = tensor.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric)
-    count = int(tensor.q_per_channel_scales().numel()) if per_channel else 1
-    values = dense_stats((count,))
+    zero_points = tensor.q_per_channel_zero_points() if per_channel else torch.tensor(
+        [tensor.q_zero_point()]
+    )
+    values = dense_stats((zero_points.numel(),))
+    scales = Stored(f"{weight.key}.scale", hash((weight.identity, "scale")), values, 32)
+    if not zero_points.any():  # symmetric quantization: zero points are implied, not stored
+        return (scales,)
     return (
-        Stored(f"{weight.key}.scale", hash((weight.identity, "scale")), values, 32),
+        scales,
         Stored(f"{weight.key}.zero_point", hash((weight.identity, "zero_point")), values,
                ctx.bits.weight or 8),
     )
@@ -352,6 +358,7 @@ def with_qparams(cost: NodeCost, facts: NodeFacts) -> NodeCost:
                 operand.bits or zero_point_bits if role in _ZERO_POINT_ROLES else 32)
         for role, operand in facts.operands.items()
         if role in QPARAM_ROLES and operand.identity not in stored_ids
+        and (role not in _ZERO_POINT_ROLES or operand.tensor.any())  # all-zero: implied
     )
     return NodeCost(cost.ops, cost.stored + extra, cost.note) if extra else cost
 

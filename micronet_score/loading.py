@@ -170,6 +170,12 @@ def _load_pickle(path: Path, trust: bool) -> object:
             "and use --arch"
         ) from error
     except (RuntimeError, EOFError, OSError, ModuleNotFoundError, AttributeError) as error:
+        if isinstance(error, AttributeError) and "'_modules'" in str(error):
+            raise UserError(
+                f"{path} holds a torch.ao quantized model, which torch.load cannot rebuild "
+                "(a known PyTorch limitation); score it from Python with score_model, save its "
+                "state_dict and rebuild it with --arch, or quantize with PT2E and save a .pt2"
+            ) from error
         if isinstance(error, ModuleNotFoundError | AttributeError):
             raise UserError(
                 f"{path} needs the model's source code to load ({error}); run from a folder where "

@@ -1,4 +1,4 @@
-"""Shared test helpers: look up layers in a report by name or op."""
+"""Test configuration: the tests folder is importable (helpers, reference models)."""
 
 from __future__ import annotations
 
@@ -8,19 +8,6 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-
-from micronet_score.report import Layer, Report
-
-
-def layer(report: Report, name: str) -> Layer:
-    for candidate in report.layers:
-        if candidate.name == name:
-            return candidate
-    raise AssertionError(f"no layer {name!r}; have {[c.name for c in report.layers]}")
-
-
-def layers_of(report: Report, op: str) -> list[Layer]:
-    return [candidate for candidate in report.layers if candidate.op == op]
 
 
 @pytest.fixture(autouse=True)

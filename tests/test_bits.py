@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import layer
+from helpers import layer
 from torch import nn
 
 from micronet_score import UserError, score_model

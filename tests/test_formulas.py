@@ -11,7 +11,7 @@ from collections.abc import Callable
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import layer, layers_of
+from helpers import layer, layers_of
 from torch import nn
 
 from micronet_score import score_model

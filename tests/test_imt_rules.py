@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import layer
+from helpers import layer
 from reference_models import ResNet18, without_zeros
 from torch import nn
 

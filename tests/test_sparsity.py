@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import layers_of
+from helpers import layers_of
 from torch import nn
 from torch.nn.utils import parametrize, prune
 

@@ -1,0 +1,120 @@
+"""Exact parameter counts for every registered model, and the layout the skip lists rely on."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from micronet_score.compress.models import (
+    DenseLayer,
+    DenseNet,
+    SeparableConv2d,
+    WideResNet,
+    create_model,
+    densenet121_gr4,
+    densenet121_gr4_dws,
+    densenet121_gr4_g2,
+    list_models,
+    register_model,
+)
+
+# DenseNet-121 at growth 4: the stem makes 8 channels; each stage adds depth*4 and each
+# transition halves, so the head sees 64 + 16*4 = 128 channels.
+# densenet121_gr4_dws: each of the 58 dense layers swaps its 3x3 conv 16->4
+# (16*4*9 = 576 weights) for a depthwise 3x3 (16*9 = 144) plus a pointwise 16->4 (64),
+# saving 368 per layer: 119,146 - 58*368 = 97,802.
+PARAM_COUNTS = {
+    "densenet121_gr4": 119_146,
+    "densenet121_gr4_g2": 70_922,
+    "densenet121_gr4_dws": 97_802,
+    "densenet121_gr8": 452_682,
+    "densenet121_gr12": 1_000_618,
+    "densenet121_gr32": 6_956_298,
+    "resnet18": 11_173_962,
+    "wrn28_10": 36_536_884,
+}
+
+
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_every_registered_model_has_a_count() -> None:
+    assert sorted(PARAM_COUNTS) == list_models()
+
+
+@pytest.mark.parametrize(("name", "count"), PARAM_COUNTS.items())
+def test_parameter_count(name: str, count: int) -> None:
+    assert n_params(create_model(name)) == count
+
+
+def test_num_classes_resizes_only_the_head() -> None:
+    # 128 features: the head grows from 128*10 + 10 = 1,290 to 128*100 + 100 = 12,900.
+    assert n_params(create_model("densenet121_gr4", num_classes=100)) == 119_146 - 1_290 + 12_900
+
+
+def test_densenet_without_bottleneck_by_hand() -> None:
+    # growth 4, one layer per stage; a plain layer on c channels is bn (2c) + 3x3 c->4 (36c).
+    # stem 3*8*9 = 216; dense1 on 8: 304 -> 12 ch; trans1 bn 24 + 12*6 = 96 -> 6 ch;
+    # dense2 on 6: 228 -> 10; trans2 20 + 50 = 70 -> 5; dense3 on 5: 190 -> 9;
+    # trans3 18 + 9*4 = 54 (floor(4.5) = 4) -> 4; dense4 on 4: 152 -> 8; bn 16; linear 90.
+    model = DenseNet((1, 1, 1, 1), 4, bottleneck=False)
+    assert n_params(model) == 216 + 304 + 96 + 228 + 70 + 190 + 54 + 152 + 16 + 90
+    layer = model.dense1[0]
+    assert isinstance(layer, DenseLayer)
+    assert layer.conv1 is None
+    assert isinstance(layer.conv2, nn.Conv2d)
+    assert layer.conv2.kernel_size == (3, 3)
+
+
+def test_densenet_module_names_match_the_common_layout() -> None:
+    model = densenet121_gr4()
+    assert [name for name, _ in model.named_children()] == [
+        "conv1", "dense1", "dense2", "dense3", "dense4", "trans1", "trans2", "trans3", "bn",
+        "linear",
+    ]
+    stages = (model.dense1, model.dense2, model.dense3, model.dense4)
+    assert [len(stage) for stage in stages] == [6, 12, 24, 16]
+    assert [name for name, _ in model.dense1[0].named_children()] == [
+        "bn1", "conv1", "bn2", "conv2",
+    ]
+
+
+def test_groups_and_separable_convs() -> None:
+    grouped = densenet121_gr4_g2().dense2[3]
+    assert isinstance(grouped, DenseLayer)
+    assert isinstance(grouped.conv1, nn.Conv2d)
+    assert isinstance(grouped.conv2, nn.Conv2d)
+    assert (grouped.conv1.groups, grouped.conv2.groups) == (2, 2)
+    separable_layer = densenet121_gr4_dws().dense2[3]
+    assert isinstance(separable_layer, DenseLayer)
+    separable = separable_layer.conv2
+    assert isinstance(separable, SeparableConv2d)
+    assert separable.depthwise.groups == 16
+    assert separable.depthwise.weight.shape == (16, 1, 3, 3)
+    assert separable.pointwise.weight.shape == (4, 16, 1, 1)
+
+
+@pytest.mark.parametrize("name", ["densenet121_gr4", "densenet121_gr4_g2", "densenet121_gr4_dws"])
+def test_densenet_forward_shape(name: str) -> None:
+    model = create_model(name, num_classes=7).eval()
+    with torch.no_grad():
+        assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 7)
+
+
+def test_wide_resnet_options() -> None:
+    assert n_params(create_model("wrn28_10", drop_rate=0.3)) == PARAM_COUNTS["wrn28_10"]
+    with pytest.raises(ValueError, match=r"6n\+4"):
+        WideResNet(27, 10)
+
+
+def test_unknown_and_duplicate_names() -> None:
+    with pytest.raises(ValueError, match=r"^unknown model 'densenet'; choose one of: densenet121_"):
+        create_model("densenet")
+
+    def resnet18() -> nn.Module:
+        return nn.Identity()
+
+    with pytest.raises(ValueError, match="already registered"):
+        register_model(resnet18)
