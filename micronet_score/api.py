@@ -27,12 +27,14 @@ def score_model(
     act_bits: int | None = None,
     accumulator_bits: int | None = None,
     freebie: bool = True,
+    input_dtype: torch.dtype | None = None,
 ) -> Report:
     """Count `model` at batch size 1 and score it.
 
     `input_shape` excludes the batch dimension; it defaults to the shape an exported program was
     traced at, then to the baseline's. `baseline` defaults to the rule set's own. `bits` declares
-    widths per module-path pattern (`{"dense3": "8/8"}` or `["dense3=8/8"]`). The model is never
+    widths per module-path pattern (`{"dense3": "8/8"}` or `["dense3=8/8"]`). `input_dtype`
+    defaults to the model's float type (pass torch.long for token ids). The model is never
     modified.
     """
     rule_set = load_rules(rules) if isinstance(rules, str) else rules
@@ -48,5 +50,5 @@ def score_model(
             f"no input shape: baseline '{base.name}' has none; pass --input-shape, e.g. 3,32,32"
         )
     declared = declarations(bits, weight_bits, act_bits)
-    counts = count(trace(model, shape), rule_set, declared, accumulator_bits)
+    counts = count(trace(model, shape, input_dtype), rule_set, declared, accumulator_bits)
     return summarize(counts, rule_set, base, freebie)

@@ -42,6 +42,8 @@ def _module_table() -> tuple[tuple[type, OpKind], ...]:
         (ObserverBase, K.OBSERVER),
         (nnq.Quantize, K.QUANTIZE),
         (nn.modules.batchnorm._BatchNorm, K.BATCH_NORM),
+        (nn.MultiheadAttention, K.MULTIHEAD_ATTENTION),
+        (nn.LSTM, K.LSTM),
         (nn.LayerNorm, K.LAYER_NORM),
         (nn.GroupNorm, K.GROUP_NORM),
         (nn.Embedding, K.EMBEDDING),

@@ -1,14 +1,21 @@
 """The command line: the only place that prints or exits.
 
+    micronet-score MODEL [options]        score one model (the default command)
+    micronet-score compare A B [options]  two models side by side
+    micronet-score rules                  the rule sets and baselines
+
 Exit codes: 0 scored (and within --max-score), 1 above --max-score, 2 bad input or usage.
-torch is imported only inside the commands that need it, so `--help` and `rules` stay instant.
+torch is imported only inside the commands that need it, and rich only to draw tables and status
+lines, so `--help` and `rules` stay instant.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
@@ -19,10 +26,13 @@ from micronet_score import __version__
 from micronet_score.errors import UserError
 
 if TYPE_CHECKING:
-    from micronet_score.report import Report
+    from rich.console import Console, RenderableType
+
+    from micronet_score.report import Report, View
 
 T = TypeVar("T")
 EXIT_OK, EXIT_OVER_BUDGET, EXIT_BAD_INPUT = 0, 1, 2
+Progress = Callable[[str], None]
 
 
 class OutputFormat(str, Enum):
@@ -32,7 +42,19 @@ class OutputFormat(str, Enum):
     markdown = "markdown"
 
 
+class CompareFormat(str, Enum):
+    table = "table"
+    json = "json"
+    markdown = "markdown"
+
+
+class SortOrder(str, Enum):
+    order = "order"
+    score = "score"
+
+
 score_app = typer.Typer(add_completion=False, rich_markup_mode=None)
+compare_app = typer.Typer(add_completion=False, rich_markup_mode=None)
 rules_app = typer.Typer(add_completion=False, rich_markup_mode=None)
 
 
@@ -85,20 +107,156 @@ def _parse_kwargs(text: str | None) -> dict[str, Any]:
     return value
 
 
-def render(report: Report, output_format: OutputFormat) -> str:
+@dataclass(frozen=True)
+class Settings:
+    """How to load and count a model: the options `score` and `compare` share."""
+
+    rules: str = "micronet"
+    baseline: str | None = None
+    input_shape: str | None = None
+    bits: tuple[str, ...] = ()
+    weight_bits: int | None = None
+    act_bits: int | None = None
+    accumulator_bits: int | None = None
+    freebie: bool = True
+    arch: str | None = None
+    arch_kwargs: str | None = None
+    trust: bool = False
+
+
+def analyse(spec: str, settings: Settings, progress: Progress = lambda _: None) -> Report:
+    """Load the model `spec` points at and score it."""
+    progress(f"loading {spec}")
+    from micronet_score.api import score_model
+    from micronet_score.loading import load_model
+
+    shape = parse_shape(settings.input_shape) if settings.input_shape else None
+    kwargs = _parse_kwargs(settings.arch_kwargs)
+    loaded = load_model(spec, arch=settings.arch, arch_kwargs=kwargs, trust=settings.trust)
+    progress(f"tracing and counting {spec}")
+    return score_model(
+        loaded.module,
+        input_shape=shape or loaded.recorded_shape,
+        rules=settings.rules,
+        baseline=settings.baseline,
+        bits=list(settings.bits),
+        weight_bits=settings.weight_bits,
+        act_bits=settings.act_bits,
+        accumulator_bits=settings.accumulator_bits,
+        freebie=settings.freebie,
+    )
+
+
+@contextlib.contextmanager
+def _status() -> Iterator[Progress]:
+    """A status line on stderr while slow steps run, only when stderr is a terminal."""
+    if not sys.stderr.isatty():
+        yield lambda _: None
+        return
+    from rich.console import Console
+
+    with Console(stderr=True).status("") as status:
+        yield lambda message: status.update(f"{message}…")
+
+
+def _stdout_console() -> Console:
+    """Colour and escape codes only on a terminal (and never with NO_COLOR set); rich decides."""
+    from rich.console import Console
+
+    return Console(highlight=False, emoji=False)
+
+
+def _print(console: Console, parts: list[RenderableType]) -> None:
+    from rich.text import Text
+
+    for part in parts:
+        console.print(part, soft_wrap=isinstance(part, Text))
+
+
+def _unicode(console: Console) -> bool:
+    return console.encoding.lower().replace("-", "").startswith("utf")
+
+
+def render(report: Report, output_format: OutputFormat, view: View | None = None,
+           width: int = 100) -> str:
+    """The report as text in one of the formats (the table in plain text, `width` wide)."""
     from micronet_score import report as formats
 
-    renderers = {
-        OutputFormat.table: formats.to_text,
-        OutputFormat.json: formats.to_json,
-        OutputFormat.csv: formats.to_csv,
-        OutputFormat.markdown: formats.to_markdown,
-    }
-    return renderers[output_format](report)
+    view = view or formats.View()
+    if output_format is OutputFormat.table:
+        return formats.to_text(report, view, width)
+    if output_format is OutputFormat.markdown:
+        return formats.to_markdown(report, view)
+    if output_format is OutputFormat.csv:
+        return formats.to_csv(report)
+    return formats.to_json(report)
+
+
+def _write(debug: bool, output: Path, text: str) -> None:
+    def write() -> None:
+        try:
+            output.write_text(text, encoding="utf-8")
+        except OSError as error:
+            raise UserError(f"cannot write {output}: {error.strerror or error}") from error
+
+    _guarded(debug, write)
+
+
+# Options shared by `score` and `compare`.
+BaselineOption = Annotated[
+    str | None, typer.Option(help="Baseline name or YAML path [default: the rule set's own].")
+]
+RulesOption = Annotated[str, typer.Option(help="Rule set name or YAML path.")]
+ShapeOption = Annotated[
+    str | None,
+    typer.Option(help="Input shape without the batch, e.g. 3,32,32 [default: the exported "
+                 "shape, else the baseline's]."),
+]
+BitsOption = Annotated[
+    list[str] | None,
+    typer.Option(help="Declare widths for modules matching a pattern: PATTERN=W[/A], e.g. "
+                 "'dense3=8/8' (covers dense3.*). Repeatable; the last match wins."),
+]
+WeightBitsOption = Annotated[int | None, typer.Option(min=1, help="Width of every weight.")]
+ActBitsOption = Annotated[int | None, typer.Option(min=1, help="Width of every activation.")]
+AccumulatorOption = Annotated[
+    int | None, typer.Option(min=1, help="Width of the adders that accumulate dot products.")
+]
+FreebieOption = Annotated[
+    bool, typer.Option("--freebie/--no-freebie", help="Allow the 16-bit freebie when eligible.")
+]
+OutputOption = Annotated[
+    Path | None, typer.Option(help="Write the report to this file instead of stdout.")
+]
+DepthOption = Annotated[
+    int | None,
+    typer.Option(min=1, help="Sum the layers by module-path prefix of N parts (1: conv1, dense1, "
+                 "trans1, ...). Table and markdown only."),
+]
+TopOption = Annotated[
+    int | None, typer.Option(min=1, help="Show only the N heaviest rows (totals cover all).")
+]
+ArchOption = Annotated[
+    str | None,
+    typer.Option(help="Factory 'file.py:function' or 'pkg.mod:function' that builds the model a "
+                 "state_dict belongs to."),
+]
+ArchKwargsOption = Annotated[str | None, typer.Option(help="JSON keyword arguments for --arch.")]
+TrustOption = Annotated[
+    bool,
+    typer.Option(help="Load pickled modules with weights_only=False. RISK: unpickling runs "
+                 "arbitrary code from the file; use only on files you trust."),
+]
+DebugOption = Annotated[bool, typer.Option(help="Show tracebacks.")]
+VersionOption = Annotated[
+    bool | None,
+    typer.Option("--version", callback=_version, is_eager=True, help="Show the version."),
+]
 
 
 @score_app.command(
-    epilog="Other commands: 'micronet-score rules' lists the rule sets and baselines.",
+    epilog="Other commands: 'micronet-score compare A B' puts two models side by side; "
+    "'micronet-score rules' lists the rule sets and baselines.",
 )
 def score(
     model: Annotated[
@@ -109,91 +267,134 @@ def score(
             show_default=False,
         ),
     ],
-    baseline: Annotated[
-        str | None,
-        typer.Option(help="Baseline name or YAML path [default: the rule set's own]."),
-    ] = None,
-    rules: Annotated[str, typer.Option(help="Rule set name or YAML path.")] = "micronet",
-    input_shape: Annotated[
-        str | None,
-        typer.Option(help="Input shape without the batch, e.g. 3,32,32 [default: the "
-                     "exported shape, else the baseline's]."),
-    ] = None,
-    bits: Annotated[
-        list[str] | None,
-        typer.Option(help="Declare widths for modules matching a pattern: PATTERN=W[/A], "
-                     "e.g. 'dense3=8/8' (covers dense3.*). Repeatable; the last match wins."),
-    ] = None,
-    weight_bits: Annotated[int | None, typer.Option(help="Width of every weight.")] = None,
-    act_bits: Annotated[int | None, typer.Option(help="Width of every activation.")] = None,
-    accumulator_bits: Annotated[
-        int | None, typer.Option(help="Width of the adders that accumulate dot products.")
-    ] = None,
-    freebie: Annotated[
-        bool, typer.Option("--freebie/--no-freebie", help="Allow the 16-bit freebie when eligible.")
-    ] = True,
+    baseline: BaselineOption = None,
+    rules: RulesOption = "micronet",
+    input_shape: ShapeOption = None,
+    bits: BitsOption = None,
+    weight_bits: WeightBitsOption = None,
+    act_bits: ActBitsOption = None,
+    accumulator_bits: AccumulatorOption = None,
+    freebie: FreebieOption = True,
     output_format: Annotated[
         OutputFormat, typer.Option("--format", help="Output format.")
     ] = OutputFormat.table,
-    output: Annotated[
-        Path | None, typer.Option(help="Write the report to this file instead of stdout.")
-    ] = None,
+    output: OutputOption = None,
+    depth: DepthOption = None,
+    sort: Annotated[
+        SortOrder, typer.Option(help="Row order: graph order, or heaviest share of the score "
+                                "first. Table and markdown only.")
+    ] = SortOrder.order,
+    top: TopOption = None,
     max_score: Annotated[
         float | None, typer.Option(help="Exit with code 1 when the score is above this bar.")
     ] = None,
     strict: Annotated[bool, typer.Option(help="Exit with code 2 if any op is uncounted.")] = False,
-    arch: Annotated[
-        str | None,
-        typer.Option(help="Factory 'file.py:function' or 'pkg.mod:function' that builds the "
-                     "model a state_dict belongs to."),
-    ] = None,
-    arch_kwargs: Annotated[
-        str | None, typer.Option(help="JSON keyword arguments for the factory.")
-    ] = None,
-    trust: Annotated[
-        bool,
-        typer.Option(help="Load pickled modules with weights_only=False. RISK: unpickling runs "
-                     "arbitrary code from the file; use only on files you trust."),
-    ] = False,
-    debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
-    version: Annotated[
-        bool | None,
-        typer.Option("--version", callback=_version, is_eager=True, help="Show the version."),
-    ] = None,
+    arch: ArchOption = None,
+    arch_kwargs: ArchKwargsOption = None,
+    trust: TrustOption = False,
+    debug: DebugOption = False,
+    version: VersionOption = None,
 ) -> None:
     """Count a model's parameters and operations under the MicroNet rules, and score it."""
+    from micronet_score import report as formats
 
-    def analyse() -> Report:
-        from micronet_score.api import score_model
-        from micronet_score.loading import load_model
+    settings = Settings(rules, baseline, input_shape, tuple(bits or ()), weight_bits, act_bits,
+                        accumulator_bits, freebie, arch, arch_kwargs, trust)
+    with _status() as progress:
+        report = _guarded(debug, lambda: analyse(model, settings, progress))
+    view = formats.View(depth, sort.value, top, max_score)
+    if output_format is OutputFormat.table and output is None:
+        console = _stdout_console()
+        _print(console, formats.table_parts(report, view, console.width, _unicode(console)))
+    else:
+        width = _stdout_console().width if output_format is OutputFormat.table else 100
+        text = render(report, output_format, view, width)
+        if output is not None:
+            _write(debug, output, text)
+        else:
+            typer.echo(text, nl=False)
+        sys.stdout.flush()  # the report before the lines on stderr, when both go to one place
+        for line in formats.warning_lines(report):
+            typer.echo(line, err=True)
+    sys.stdout.flush()
+    if strict and report.uncounted:
+        _fail(formats.strict_failure(report))
+    if max_score is not None:
+        passed, verdict = formats.gate(report.score, max_score)
+        typer.echo(verdict, err=True)
+        if not passed:
+            raise typer.Exit(EXIT_OVER_BUDGET)
 
-        shape = parse_shape(input_shape) if input_shape else None
-        loaded = load_model(model, arch=arch, arch_kwargs=_parse_kwargs(arch_kwargs), trust=trust)
-        return score_model(
-            loaded.module,
-            input_shape=shape or loaded.recorded_shape,
-            rules=rules,
-            baseline=baseline,
-            bits=bits,
-            weight_bits=weight_bits,
-            act_bits=act_bits,
-            accumulator_bits=accumulator_bits,
-            freebie=freebie,
-        )
 
-    report = _guarded(debug, analyse)
-    text = render(report, output_format)
+@compare_app.command(
+    epilog="Both models are loaded and counted with the same options; rows are matched by layer "
+    "name (module path) and sorted by the size of their change in score.",
+)
+def compare(
+    model_a: Annotated[str, typer.Argument(metavar="A", help="The first model (as for score).",
+                                           show_default=False)],
+    model_b: Annotated[str, typer.Argument(metavar="B", help="The second model.",
+                                           show_default=False)],
+    baseline: BaselineOption = None,
+    rules: RulesOption = "micronet",
+    input_shape: ShapeOption = None,
+    bits: BitsOption = None,
+    weight_bits: WeightBitsOption = None,
+    act_bits: ActBitsOption = None,
+    accumulator_bits: AccumulatorOption = None,
+    freebie: FreebieOption = True,
+    output_format: Annotated[
+        CompareFormat, typer.Option("--format", help="Output format.")
+    ] = CompareFormat.table,
+    output: OutputOption = None,
+    depth: DepthOption = None,
+    top: Annotated[
+        int | None, typer.Option(min=1, help="Show only the N largest changes.")
+    ] = None,
+    arch: ArchOption = None,
+    arch_kwargs: ArchKwargsOption = None,
+    trust: TrustOption = False,
+    debug: DebugOption = False,
+    version: VersionOption = None,
+) -> None:
+    """Score two models with the same options and show them side by side."""
+    from micronet_score import report as formats
+
+    settings = Settings(rules, baseline, input_shape, tuple(bits or ()), weight_bits, act_bits,
+                        accumulator_bits, freebie, arch, arch_kwargs, trust)
+
+    def analyse_named(spec: str, label: str, progress: Progress) -> Report:
+        try:
+            return analyse(spec, settings, progress)
+        except UserError as error:
+            if spec in str(error):
+                raise
+            raise UserError(f"{label} ({spec}): {error}") from error
+
+    with _status() as progress:
+        before = _guarded(debug, lambda: analyse_named(model_a, "A", progress))
+        after = _guarded(debug, lambda: analyse_named(model_b, "B", progress))
+    comparison = formats.compare(before, after, (model_a, model_b), depth)
+    sys.stdout.flush()
+    for label, report in (("A", before), ("B", after)):
+        for line in formats.warning_lines(report):
+            typer.echo(f"{label}: {line}", err=True)
+    if output_format is CompareFormat.table:
+        console = _stdout_console()
+        width = console.width
+        parts = formats.compare_parts(comparison, top, width, _unicode(console))
+        if output is None:
+            _print(console, parts)
+            return
+        text = formats.render_plain(parts, width)
+    elif output_format is CompareFormat.markdown:
+        text = formats.compare_markdown(comparison, top)
+    else:
+        text = formats.compare_json(comparison)
     if output is not None:
-        _guarded(debug, lambda: output.write_text(text, encoding="utf-8"))
+        _write(debug, output, text)
     else:
         typer.echo(text, nl=False)
-    if strict and report.uncounted:
-        _fail(f"{len(report.uncounted)} node(s) not counted (--strict); see 'uncounted'")
-    if max_score is not None:
-        verdict = "PASS" if report.score <= max_score else "FAIL"
-        typer.echo(f"{verdict}: score {report.score:.6f} vs --max-score {max_score}", err=True)
-        if verdict == "FAIL":
-            raise typer.Exit(EXIT_OVER_BUDGET)
 
 
 @rules_app.command()
@@ -202,28 +403,29 @@ def list_rules() -> None:
     from micronet_score.rules import available_baselines, available_rules, load_baseline, load_rules
 
     def describe() -> list[str]:
-        lines = ["Rule sets:"]
-        for name in available_rules():
-            rule_set = load_rules(name)
-            default = rule_set.default_baseline
-            lines.append(f"  {name:<18} {rule_set.description} (default baseline {default})")
-        lines.append("Baselines:")
-        for name in available_baselines():
-            base = load_baseline(name)
-            shape = "x".join(map(str, base.input_shape)) if base.input_shape else "none"
-            lines.append(
-                f"  {name:<18} {base.model} on {base.dataset}: params {base.params:,.0f}, "
-                f"ops {base.ops:,.0f}, input {shape}, bar {base.quality}"
-            )
-        return lines
+        from micronet_score.report import rules_listing
+
+        sets = [load_rules(name) for name in available_rules()]
+        return rules_listing(
+            [(r.name, r.description, r.default_baseline) for r in sets],
+            [load_baseline(name) for name in available_baselines()],
+        )
 
     typer.echo("\n".join(_guarded(False, describe)))
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: `micronet-score rules`, else the score command."""
+    """Entry point: `micronet-score rules`, `micronet-score compare A B`, else the score command."""
     args = sys.argv[1:] if argv is None else argv
-    if args and args[0] == "rules":
+    if args == ["rules"]:
+        # Called directly: typer's option parsing imports pydantic, a tenth of a second.
+        try:
+            list_rules()
+        except typer.Exit as done:
+            sys.exit(done.exit_code)
+    elif args and args[0] == "rules":
         rules_app(args[1:], prog_name="micronet-score rules")
+    elif args and args[0] == "compare":
+        compare_app(args[1:], prog_name="micronet-score compare")
     else:
         score_app(args, prog_name="micronet-score")

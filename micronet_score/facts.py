@@ -30,12 +30,17 @@ from micronet_score.graph import TensorInfo, TracedModel
 from micronet_score.opkinds import OpKind
 
 _STORED_ROLES = ("weight", "bias", "running_mean", "running_var")
+# Layers made of several weight matrices: every parameter is an operand, by its own name.
+_COMPOSITE = (OpKind.MULTIHEAD_ATTENTION, OpKind.LSTM)
 # Quantization parameters read by quantize/dequantize ops (names from torch and PT2E schemas).
 QPARAM_ROLES = (
     "scale", "zero_point", "scales", "zero_points", "weight_scale", "weight_zero_point"
 )
 # Non-tensor settings some formulas need, read from the module or the call's arguments.
-_ATTRIBUTES = ("kernel_size", "normalized_shape", "num_groups", "groups")
+_ATTRIBUTES = (
+    "kernel_size", "normalized_shape", "num_groups", "groups", "num_heads", "batch_first",
+    "hidden_size", "num_layers", "bidirectional", "proj_size",
+)
 
 
 @dataclass(frozen=True, eq=False)
@@ -99,8 +104,8 @@ def _facts(node: torch.fx.Node, traced: TracedModel) -> NodeFacts:
     root = traced.root
     kind = node_kind(node, root)
     output = traced.values.get(node)
-    if output is None and kind is not None:
-        kind = OpKind.FREE  # integer and shape arithmetic, e.g. `x.size(0) * 2`
+    if output is None and node in traced.values:
+        kind = OpKind.FREE  # integer and shape arithmetic, e.g. `x.size(0) * 2`, `x.dim() == 3`
     module = root.get_submodule(str(node.target)) if node.op == "call_module" else None
     args = _bind(node)
     if kind is OpKind.CONV and args.get("transposed") is True:
@@ -212,7 +217,11 @@ def _identity(module: nn.Module, name: str) -> int:
             return id(module.get_parameter(owner))
         except AttributeError:
             continue
-    value = getattr(module, name, None)
+    value: object
+    try:
+        value = module.get_parameter(name)
+    except AttributeError:
+        value = getattr(module, name, None)
     if isinstance(value, torch.Tensor):
         return id(value)
     return hash((id(module), name))  # packed quantized weights: one value per module
@@ -235,6 +244,11 @@ def _stored_value(module: nn.Module, role: str) -> torch.Tensor | None:
 
 
 def _module_operands(module: nn.Module, path: str) -> dict[str, Operand]:
+    if module_kind(type(module)) in _COMPOSITE:
+        return {
+            name: Operand(f"{path}.{name}", _identity(module, name), value.detach())
+            for name, value in module.named_parameters()
+        }
     weight_quantizer = getattr(module, "weight_fake_quant", None)
     weight_bits = quantizer_bits(weight_quantizer, {}) if weight_quantizer is not None else None
     operands: dict[str, Operand] = {}

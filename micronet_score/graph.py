@@ -72,21 +72,27 @@ class _LeafTracer(torch.fx.Tracer):
         return from_torch and next(m.children(), None) is None
 
 
-def trace(model: nn.Module, input_shape: tuple[int, ...]) -> TracedModel:
-    """Trace `model` at batch size 1 and propagate shapes on fake tensors."""
+def trace(
+    model: nn.Module, input_shape: tuple[int, ...], input_dtype: torch.dtype | None = None
+) -> TracedModel:
+    """Trace `model` at batch size 1 and propagate shapes on fake tensors.
+
+    The input is a tensor of `input_dtype` (default: the model's float type; token ids need
+    torch.long) with a batch dimension of 1 in front of `input_shape`.
+    """
     tracer = _LeafTracer()
     if isinstance(model, torch.fx.GraphModule) and not _has_containers(model, tracer):
-        return _from_graph_module(model, input_shape)
+        return _from_graph_module(model, input_shape, input_dtype)
     try:
         graph = tracer.trace(model)
     except Exception as symbolic_error:
         stack = list(getattr(tracer, "module_stack", {}).values())
         where = str(stack[-1][0]) if stack and stack[-1][0] else "the top-level module"
-        return _export_fallback(model, input_shape, symbolic_error, where)
+        return _export_fallback(model, input_shape, input_dtype, symbolic_error, where)
     return TracedModel(
         graph=graph,
         root=model,
-        values=_propagate(model, graph, input_shape),
+        values=_propagate(model, graph, input_shape, input_dtype),
         input_shape=input_shape,
         method="symbolic_trace",
     )
@@ -102,7 +108,9 @@ def _has_containers(gm: torch.fx.GraphModule, tracer: _LeafTracer) -> bool:
     )
 
 
-def _from_graph_module(gm: torch.fx.GraphModule, input_shape: tuple[int, ...]) -> TracedModel:
+def _from_graph_module(
+    gm: torch.fx.GraphModule, input_shape: tuple[int, ...], input_dtype: torch.dtype | None
+) -> TracedModel:
     """Use an existing graph (FX-quantized model, unlifted export); reuse recorded shapes if any."""
     recorded = _recorded_values(gm.graph)
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
@@ -112,14 +120,19 @@ def _from_graph_module(gm: torch.fx.GraphModule, input_shape: tuple[int, ...]) -
     ):
         return TracedModel(gm.graph, gm, recorded, input_shape, "graph_module")
     return TracedModel(
-        gm.graph, gm, _propagate(gm, gm.graph, input_shape), input_shape, "graph_module"
+        gm.graph, gm, _propagate(gm, gm.graph, input_shape, input_dtype), input_shape,
+        "graph_module",
     )
 
 
 def _export_fallback(
-    model: nn.Module, input_shape: tuple[int, ...], symbolic_error: Exception, where: str
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    input_dtype: torch.dtype | None,
+    symbolic_error: Exception,
+    where: str,
 ) -> TracedModel:
-    example = torch.zeros((1, *input_shape), dtype=_input_dtype(model))
+    example = _example(model, (1, *input_shape), input_dtype)
     try:
         program = torch.export.export(model, (example,), strict=False)
     except Exception as export_error:
@@ -145,6 +158,17 @@ def _input_dtype(model: nn.Module) -> torch.dtype:
         if p.is_floating_point():
             return p.dtype
     return torch.float32
+
+
+def _input_device(model: nn.Module) -> torch.device:
+    """A model built on the meta device gets a meta input: its weights were never allocated."""
+    for tensor in model.parameters():
+        return torch.device("meta") if tensor.device.type == "meta" else torch.device("cpu")
+    return torch.device("cpu")
+
+
+def _example(model: nn.Module, shape: tuple[int, ...], dtype: torch.dtype | None) -> torch.Tensor:
+    return torch.zeros(shape, dtype=dtype or _input_dtype(model), device=_input_device(model))
 
 
 def _info(value: object) -> TensorInfo | None:
@@ -260,7 +284,7 @@ def _needs_real_run(n: torch.fx.Node, module: nn.Module | None, inputs: object) 
 def _stand_in(module: nn.Module, x: object) -> torch.Tensor:
     """The layer's output shape from its functional form, with an empty weight of its shape."""
     assert isinstance(x, torch.Tensor) and isinstance(module.weight, torch.Tensor)
-    weight = torch.empty(tuple(module.weight.shape), dtype=x.dtype)
+    weight = torch.empty(tuple(module.weight.shape), dtype=x.dtype, device=x.device)
     if isinstance(module, nn.Linear):
         return F.linear(x, weight)
     spatial = x.dim() - 2
@@ -287,12 +311,15 @@ def _zeros_like(value: object) -> object:
 
 
 def _propagate(
-    root: nn.Module, graph: torch.fx.Graph, input_shape: tuple[int, ...]
+    root: nn.Module,
+    graph: torch.fx.Graph,
+    input_shape: tuple[int, ...],
+    input_dtype: torch.dtype | None,
 ) -> dict[torch.fx.Node, TensorInfo | None]:
     mode = FakeTensorMode(allow_non_fake_inputs=True)
     recorder = _ShapeRecorder(root, graph, mode)
     with mode, torch.no_grad():
-        example = torch.empty((1, *input_shape), dtype=_input_dtype(root))
+        example = _example(root, (1, *input_shape), input_dtype)
         n_inputs = sum(1 for n in graph.nodes if n.op == "placeholder")
         recorder.run(example, *([None] * (n_inputs - 1)))
     return recorder.values

@@ -20,6 +20,8 @@ class OpKind(str, Enum):
     GROUP_NORM = "group_norm"
     EMBEDDING = "embedding"
     ATTENTION = "scaled_dot_product_attention"
+    MULTIHEAD_ATTENTION = "multihead_attention"
+    LSTM = "lstm"
     AVG_POOL = "avg_pool"
     ADAPTIVE_AVG_POOL = "adaptive_avg_pool"
     MAX_POOL = "max_pool"
