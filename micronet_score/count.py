@@ -106,6 +106,8 @@ def count(
     counted.extend(_unclaimed_tensors(traced, all_facts, declared, charged, rules.default_bits))
     modules = {name for name, _ in traced.root.named_modules()}
     warnings = [f"--bits pattern '{p}' matches no module" for p in unmatched(declared, modules)]
+    if any(not stats.known for stats in stats_cache.values()):
+        warnings.append("weights are on the meta device: zeros unknown, counted as dense")
     if any(_trains(f, traced) for f in all_facts):
         warnings.append("the model is in training mode; it was counted as in eval mode")
     return Counts(
@@ -189,6 +191,7 @@ def _batch_norm_folds(
     """BatchNorm -> the conv/linear it folds into: its input comes from that layer alone, possibly
     through free identity-like nodes (dropout in eval, identity) that nothing else reads."""
     folds: dict[NodeFacts, NodeFacts] = {}
+    folded_into: set[NodeFacts] = set()
     for facts in all_facts:
         if facts.kind is not OpKind.BATCH_NORM or not facts.node.all_input_nodes:
             continue
@@ -200,8 +203,9 @@ def _batch_norm_folds(
             if producer is None:
                 break
             if producer.kind in _FOLDS_INTO:
-                if producer not in folds.values():
+                if producer not in folded_into:
                     folds[facts] = producer
+                    folded_into.add(producer)
                 break
             if producer.kind is not OpKind.FREE or producer.output != _first_input(producer):
                 break

@@ -199,14 +199,23 @@ def _torch_class(qualified_name: str) -> type | None:
     return value if isinstance(value, type) else None
 
 
+def _attribute(module: nn.Module, name: str) -> object:
+    """`getattr(module, name, None)` without nn.Module's slow path for missing names, which
+    raises and catches an exception each time (this runs several times per layer)."""
+    for store in (module._parameters, module._buffers, module._modules, module.__dict__):
+        if name in store:
+            return store[name]
+    return getattr(module, name) if hasattr(type(module), name) else None
+
+
 def effective_tensor(module: nn.Module, name: str) -> torch.Tensor | None:
     """The value a layer really uses: pruning masks applied, parametrizations evaluated."""
-    original = getattr(module, f"{name}_orig", None)
-    mask = getattr(module, f"{name}_mask", None)
+    original = _attribute(module, f"{name}_orig")
+    mask = _attribute(module, f"{name}_mask")
     with torch.no_grad():
         if isinstance(original, torch.Tensor) and isinstance(mask, torch.Tensor):
             return original.detach() * mask
-        value = getattr(module, name, None)
+        value = _attribute(module, name)
     return value.detach() if isinstance(value, torch.Tensor) else None
 
 
@@ -230,12 +239,12 @@ def _identity(module: nn.Module, name: str) -> int:
 def _stored_value(module: nn.Module, role: str) -> torch.Tensor | None:
     """Stored values of a layer: quantized layers unpack theirs (`weight()`); a QAT conv-bn
     layer's bias is its BatchNorm's shift, which converting folds into it."""
-    value = getattr(module, role, None)
+    value = _attribute(module, role)
     if callable(value) and not isinstance(value, nn.Module):
         packed = value()
         return packed.detach() if isinstance(packed, torch.Tensor) else None
     if role == "bias" and value is None:
-        batch_norm = getattr(module, "bn", None)
+        batch_norm = _attribute(module, "bn")
         if isinstance(batch_norm, nn.modules.batchnorm._BatchNorm):
             return effective_tensor(batch_norm, "bias")
     if role in ("scale", "zero_point") and isinstance(value, int | float):
@@ -249,8 +258,10 @@ def _module_operands(module: nn.Module, path: str) -> dict[str, Operand]:
             name: Operand(f"{path}.{name}", _identity(module, name), value.detach())
             for name, value in module.named_parameters()
         }
-    weight_quantizer = getattr(module, "weight_fake_quant", None)
-    weight_bits = quantizer_bits(weight_quantizer, {}) if weight_quantizer is not None else None
+    weight_quantizer = _attribute(module, "weight_fake_quant")
+    weight_bits = None
+    if isinstance(weight_quantizer, nn.Module):
+        weight_bits = quantizer_bits(weight_quantizer, {})
     operands: dict[str, Operand] = {}
     for role in (*_STORED_ROLES, "scale", "zero_point"):
         value = _stored_value(module, role)
@@ -258,7 +269,7 @@ def _module_operands(module: nn.Module, path: str) -> dict[str, Operand]:
             key = f"{path}.{role}" if path else role
             bits = weight_bits if role == "weight" else None
             operands[role] = Operand(key, _identity(module, role), value, bits)
-    if weight_quantizer is not None:  # the scales and zero points converting will store
+    if isinstance(weight_quantizer, nn.Module):  # the scales and zero points converting stores
         for role in ("scale", "zero_point"):
             value = getattr(weight_quantizer, role)
             operands[f"weight_{role}"] = Operand(

@@ -13,7 +13,6 @@ from functools import cache
 
 import torch
 import torch.fx
-import torch.nn.functional as F
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode, unset_fake_temporarily
 from torch.utils._pytree import tree_leaves, tree_map
@@ -282,23 +281,36 @@ def _needs_real_run(n: torch.fx.Node, module: nn.Module | None, inputs: object) 
 
 
 def _stand_in(module: nn.Module, x: object) -> torch.Tensor:
-    """The layer's output shape from its functional form, with an empty weight of its shape."""
+    """The layer's output, as an empty tensor of the shape its arithmetic gives (dispatching
+    a fake convolution costs far more than this)."""
     assert isinstance(x, torch.Tensor) and isinstance(module.weight, torch.Tensor)
-    weight = torch.empty(tuple(module.weight.shape), dtype=x.dtype, device=x.device)
     if isinstance(module, nn.Linear):
-        return F.linear(x, weight)
-    spatial = x.dim() - 2
+        if x.shape[-1] != module.in_features:
+            raise ValueError(f"expected {module.in_features} input features, got {x.shape[-1]}")
+        shape = (*x.shape[:-1], module.out_features)
+    else:
+        assert isinstance(module, nn.modules.conv._ConvNd)
+        if x.dim() != len(module.kernel_size) + 2 or x.shape[1] != module.in_channels:
+            raise ValueError(
+                f"expected input of {module.in_channels} channels and "
+                f"{len(module.kernel_size)} spatial dimensions, got shape {tuple(x.shape)}"
+            )
+        spatial = [
+            _conv_size(module, int(size), dim) for dim, size in enumerate(x.shape[2:])
+        ]
+        shape = (x.shape[0], module.out_channels, *spatial)
+    return torch.empty(shape, dtype=x.dtype, device=x.device)
+
+
+def _conv_size(module: nn.modules.conv._ConvNd, size: int, dim: int) -> int:
+    kernel, stride, dilation = module.kernel_size[dim], module.stride[dim], module.dilation[dim]
+    reach = dilation * (kernel - 1)
+    if module.padding == "same":
+        return size
+    padding = 0 if isinstance(module.padding, str) else int(module.padding[dim])  # "valid": 0
     if isinstance(module, nn.modules.conv._ConvTransposeNd):
-        transposed = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[spatial - 1]
-        return transposed(
-            x, weight, None, module.stride, module.padding,  # type: ignore[arg-type]
-            module.output_padding, module.groups, module.dilation,
-        )
-    assert isinstance(module, nn.modules.conv._ConvNd)
-    convolution = (F.conv1d, F.conv2d, F.conv3d)[spatial - 1]
-    return convolution(
-        x, weight, None, module.stride, module.padding, module.dilation, module.groups
-    )
+        return (size - 1) * stride - 2 * padding + reach + module.output_padding[dim] + 1
+    return (size + 2 * padding - reach - 1) // stride + 1
 
 
 def _zeros_like(value: object) -> object:
