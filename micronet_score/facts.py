@@ -125,11 +125,8 @@ def _facts(node: torch.fx.Node, traced: TracedModel) -> NodeFacts:
         for arg in argument_nodes
         if id(arg) not in stored_nodes and (info := traced.values.get(arg)) is not None
     ]
-    attributes = {
-        name: getattr(module, name) if module is not None else args[name]
-        for name in _ATTRIBUTES
-        if (hasattr(module, name) if module is not None else name in args)
-    }
+    source = vars(module) if module is not None else args
+    attributes = {name: source[name] for name in _ATTRIBUTES if name in source}
     return NodeFacts(
         node=node,
         kind=kind,

@@ -56,6 +56,8 @@ def tensor_stats(tensor: torch.Tensor) -> WeightStats:
     nonzero = _zero_where_zero(tensor.detach())
     if nonzero.dim() == 0:
         nonzero = nonzero.reshape(1)
+    if int(torch.count_nonzero(nonzero)) == nonzero.numel():
+        return dense_stats(shape or (1,))  # the common case: one flat pass suffices
     # One pass over the data: non-zeros per kernel (or per channel for 1-D and 2-D tensors);
     # every other figure is a reduction of those few numbers.
     rows = shape[0] * shape[1] if nonzero.dim() >= 3 else nonzero.shape[0]
