@@ -107,6 +107,14 @@ def _parse_kwargs(text: str | None) -> dict[str, Any]:
     return value
 
 
+class InputDtype(str, Enum):
+    auto = "auto"
+    float32 = "float32"
+    float16 = "float16"
+    bfloat16 = "bfloat16"
+    int64 = "int64"
+
+
 @dataclass(frozen=True)
 class Settings:
     """How to load and count a model: the options `score` and `compare` share."""
@@ -122,14 +130,18 @@ class Settings:
     arch: str | None = None
     arch_kwargs: str | None = None
     trust: bool = False
+    input_dtype: InputDtype = InputDtype.auto
 
 
 def analyse(spec: str, settings: Settings, progress: Progress = lambda _: None) -> Report:
     """Load the model `spec` points at and score it."""
     progress(f"loading {spec}")
+    import torch
+
     from micronet_score.api import score_model
     from micronet_score.loading import load_model
 
+    dtype = settings.input_dtype
     shape = parse_shape(settings.input_shape) if settings.input_shape else None
     kwargs = _parse_kwargs(settings.arch_kwargs)
     loaded = load_model(spec, arch=settings.arch, arch_kwargs=kwargs, trust=settings.trust)
@@ -144,6 +156,7 @@ def analyse(spec: str, settings: Settings, progress: Progress = lambda _: None) 
         act_bits=settings.act_bits,
         accumulator_bits=settings.accumulator_bits,
         freebie=settings.freebie,
+        input_dtype=None if dtype is InputDtype.auto else getattr(torch, dtype.value),
     )
 
 
@@ -207,6 +220,13 @@ BaselineOption = Annotated[
     str | None, typer.Option(help="Baseline name or YAML path [default: the rule set's own].")
 ]
 RulesOption = Annotated[str, typer.Option(help="Rule set name or YAML path.")]
+
+
+InputDtypeOption = Annotated[
+    InputDtype,
+    typer.Option(help="Type of the input: auto follows the model's weights (float32 or half); "
+                 "int64 for token ids (embeddings)."),
+]
 ShapeOption = Annotated[
     str | None,
     typer.Option(help="Input shape without the batch, e.g. 3,32,32 [default: the exported "
@@ -270,6 +290,7 @@ def score(
     baseline: BaselineOption = None,
     rules: RulesOption = "micronet",
     input_shape: ShapeOption = None,
+    input_dtype: InputDtypeOption = InputDtype.auto,
     bits: BitsOption = None,
     weight_bits: WeightBitsOption = None,
     act_bits: ActBitsOption = None,
@@ -299,7 +320,7 @@ def score(
     from micronet_score import report as formats
 
     settings = Settings(rules, baseline, input_shape, tuple(bits or ()), weight_bits, act_bits,
-                        accumulator_bits, freebie, arch, arch_kwargs, trust)
+                        accumulator_bits, freebie, arch, arch_kwargs, trust, input_dtype)
     with _status() as progress:
         report = _guarded(debug, lambda: analyse(model, settings, progress))
     view = formats.View(depth, sort.value, top, max_score)
@@ -338,6 +359,7 @@ def compare(
     baseline: BaselineOption = None,
     rules: RulesOption = "micronet",
     input_shape: ShapeOption = None,
+    input_dtype: InputDtypeOption = InputDtype.auto,
     bits: BitsOption = None,
     weight_bits: WeightBitsOption = None,
     act_bits: ActBitsOption = None,
@@ -361,7 +383,7 @@ def compare(
     from micronet_score import report as formats
 
     settings = Settings(rules, baseline, input_shape, tuple(bits or ()), weight_bits, act_bits,
-                        accumulator_bits, freebie, arch, arch_kwargs, trust)
+                        accumulator_bits, freebie, arch, arch_kwargs, trust, input_dtype)
 
     def analyse_named(spec: str, label: str, progress: Progress) -> Report:
         try:

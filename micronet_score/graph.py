@@ -212,7 +212,8 @@ class _ShapeRecorder(torch.fx.Interpreter):
             module = next(reversed(where.values()))[0] if where else n.target
             raise UserError(
                 f"the model does not run on the given input shape: node '{n.name}' "
-                f"(module '{module}') failed with {_first_line(error)}; check --input-shape"
+                f"(module '{module}') failed with {_first_line(error)}; "
+                "check --input-shape (and --input-dtype)"
             ) from error
         self.values[n] = _info(result)
         return result

@@ -297,3 +297,31 @@ def test_untraceable_model_names_where_it_broke() -> None:
 
     with pytest.raises(UserError, match="symbolic tracing failed in inner"):
         score_model(DataDependent(), input_shape=(3, 4, 4))
+
+
+def test_token_ids_with_input_dtype(tmp_path: Path) -> None:
+    source = tmp_path / "tokens.py"
+    source.write_text(
+        "import torch\nfrom torch import nn\n"
+        "class Tokens(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.embedding = nn.Embedding(10, 4)\n"
+        "        self.linear = nn.Linear(4, 2)\n"
+        "    def forward(self, x):\n"
+        "        return self.linear(self.embedding(x))\n"
+        "def build():\n"
+        "    torch.manual_seed(0)\n"
+        "    model = Tokens()\n"
+        "    with torch.no_grad():\n"
+        "        for p in model.parameters():\n"
+        "            p.fill_(1.0)\n"
+        "    return model\n"
+    )
+    data = json_of(f"{source}:build", "--input-shape", "5", "--input-dtype", "int64",
+                   "--baseline", "lstm")
+    # 50 stored values; 5 tokens x 2 outputs, 4 mults and 3 + 1 adds each.
+    assert (data["params"], data["ops"]) == (50, 80)
+    float_input = invoke(f"{source}:build", "--input-shape", "5", "--baseline", "lstm")
+    assert float_input.exit_code == 2  # type: ignore[attr-defined]
+    assert "--input-shape" in float_input.stderr  # type: ignore[attr-defined]
