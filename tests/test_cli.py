@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from reference_models import without_zeros
+from helpers import without_zeros
 from torch import nn
 from typer.testing import CliRunner
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torchvision
 from fvcore.nn import FlopCountAnalysis
-from reference_models import without_zeros
+from helpers import without_zeros
 from torch import nn
 
 from micronet_score import score_model

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import layer
-from reference_models import ResNet18, without_zeros
+from helpers import layer, resnet18
 from torch import nn
 
 from micronet_score import score_model
@@ -25,7 +24,7 @@ def imt(model: nn.Module, *shape: int, rules: str = "imt-2022", **kwargs: object
 
 
 def test_resnet18_reproduces_the_course_figures() -> None:
-    report = score_model(without_zeros(ResNet18()), rules="imt-2022")
+    report = score_model(resnet18(), rules="imt-2022")
     assert report.params == 5_586_981  # every parameter, BatchNorm's included, at 16 bits
     assert report.ops == 834_362_870  # the course file prints ...880 (float32 accumulation)
     assert report.baseline.name == "resnet18-imt"
@@ -33,9 +32,9 @@ def test_resnet18_reproduces_the_course_figures() -> None:
 
 
 def test_resnet18_under_imt_2024() -> None:
-    half = score_model(without_zeros(ResNet18()).half(), rules="imt-2024")
-    declared = score_model(without_zeros(ResNet18()), rules="imt-2024", bits=["*=16/16"])
-    full = score_model(without_zeros(ResNet18()), rules="imt-2024")
+    half = score_model(resnet18().half(), rules="imt-2024")
+    declared = score_model(resnet18(), rules="imt-2024", bits=["*=16/16"])
+    full = score_model(resnet18(), rules="imt-2024")
     assert half.baseline.name == "resnet18-imt-2024"
     assert half.score == pytest.approx(2.0, rel=0.02)
     assert declared.score == half.score
