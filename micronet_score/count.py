@@ -61,7 +61,7 @@ def count(
     all_facts = gather_facts(traced)
     by_node = {facts.node: facts for facts in all_facts}
     folds = _batch_norm_folds(all_facts, by_node) if rules.batch_norm.fold else {}
-    folded_bias = {conv: bn.weight or bn.operands.get("running_var") for bn, conv in folds.items()}
+    folded_bias = {conv: _folded_shift(bn, _label(conv)) for bn, conv in folds.items()}
     stats_cache: dict[int, WeightStats] = {}
 
     def stats(operand: Operand) -> WeightStats:
@@ -86,16 +86,12 @@ def count(
                 "an observer; call convert_fx (or convert_pt2e) first, or score the float model"
             )
         bits = _node_bits(facts, value_bits, declared, rules.default_bits)
-        shift = folded_bias.get(facts)
-        bias = None
-        if shift is not None:
-            bias = Operand(f"{_label(facts)}.bias (folded BatchNorm)", shift.identity, shift.tensor)
         context = FormulaContext(
             rules=rules,
             bits=bits,
             accumulator_bits=accumulator_bits or rules.accumulator_bits,
             stats=stats,
-            folded_bias=bias,
+            folded_bias=folded_bias.get(facts),
             folded_into=_label(folds[facts]) if facts in folds else None,
         )
         cost = formula_for(facts.kind, rules)(facts, context)
@@ -147,6 +143,27 @@ def _node_bits(
         for node, info in zip(facts.input_nodes, facts.inputs, strict=True)
     )
     return resolve(facts.module, weight_bits, inputs, declared, default_bits)
+
+
+def _folded_shift(batch_norm: NodeFacts, layer: str) -> Operand | None:
+    """The bias a BatchNorm leaves on the layer it folds into, beta - mean * gamma / std,
+    computed (C values) so that its zeros are measured like any stored tensor's. A layer with
+    a bias of its own keeps that one (the same C values, after folding)."""
+    ops = batch_norm.operands
+    mean, var = ops.get("running_mean"), ops.get("running_var")
+    owner = batch_norm.weight or var
+    if owner is None:
+        return None
+    if mean is None or var is None or mean.tensor.device.type == "meta":
+        return Operand(f"{layer}.bias (folded BatchNorm)", owner.identity, owner.tensor)
+    eps = float(str(batch_norm.attributes.get("eps", 1e-5)))
+    scale = torch.rsqrt(var.tensor.float() + eps)
+    if batch_norm.weight is not None:
+        scale = scale * batch_norm.weight.tensor.float()
+    shift = -mean.tensor.float() * scale
+    if batch_norm.bias is not None:
+        shift = shift + batch_norm.bias.tensor.float()
+    return Operand(f"{layer}.bias (folded BatchNorm)", owner.identity, shift)
 
 
 def _trains(facts: NodeFacts, traced: TracedModel) -> bool:

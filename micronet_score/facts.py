@@ -39,7 +39,7 @@ QPARAM_ROLES = (
 # Non-tensor settings some formulas need, read from the module or the call's arguments.
 _ATTRIBUTES = (
     "kernel_size", "normalized_shape", "num_groups", "groups", "num_heads", "batch_first",
-    "hidden_size", "num_layers", "bidirectional", "proj_size",
+    "hidden_size", "num_layers", "bidirectional", "proj_size", "eps",
 )
 
 

@@ -152,9 +152,7 @@ def _bias(facts: NodeFacts, ctx: FormulaContext, channels: int) -> tuple[Stored,
     if bias is None:
         return ()
     bits = ctx.bits.stored(width(bias.tensor.dtype, bias.bits, ctx.rules.default_bits))
-    # A folded shift is a new tensor (dense); a layer's own bias has its zeros measured.
-    stats = ctx.stats(bias) if facts.bias is not None else dense_stats((channels,))
-    return (_stored(bias, stats, bits),)
+    return (_stored(bias, ctx.stats(bias), bits),)
 
 
 @formula(K.CONV, K.LINEAR)

@@ -325,3 +325,25 @@ def test_token_ids_with_input_dtype(tmp_path: Path) -> None:
     float_input = invoke(f"{source}:build", "--input-shape", "5", "--baseline", "lstm")
     assert float_input.exit_code == 2  # type: ignore[attr-defined]
     assert "--input-shape" in float_input.stderr  # type: ignore[attr-defined]
+
+
+def test_bundled_sample_scores_where_its_model_class_cannot_be_imported() -> None:
+    sample = Path(__file__).parents[1] / "sample_models" / "densenet121_gr4_cifar.pt2"
+    # `sys.modules[name] = None` makes every import of the toolkit (which defines the class) fail.
+    code = (
+        "import sys; sys.modules['micronet_score.compress'] = None; "
+        "from micronet_score.cli import main; main(sys.argv[1:])"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(sample), "--format", "json"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    assert data["uncounted"] == []
+    assert data["input_shape"] == [3, 32, 32]
+    # 119,146 values, less one per channel of the 58 BatchNorms that fold into a 1x1 conv
+    # (16 channels each: 928), at 16 bits with the freebie. The model is untrained: the folded
+    # shifts (beta - mean * gamma / std) are all 0, so each is stored as a 16-bit mask.
+    dense_values = 119_146 - 58 * 16 - 58 * 16
+    assert data["params"] == (dense_values * 16 + 58 * 16) / 32

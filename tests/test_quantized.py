@@ -25,7 +25,7 @@ from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx, prepare_qa
 
 from micronet_score import UserError, score_model
 from micronet_score.compress.models import create_model
-from micronet_score.report import Report
+from micronet_score.report import Report, compare
 
 SKIPPED = ("trans3", "dense1", "dense2")
 PTQ = QConfig(
@@ -115,6 +115,16 @@ def declared_like_fx(skip: tuple[str, ...]) -> list[str]:
 def test_fx_local_quantization_of_the_densenet(densenet: nn.Module) -> None:
     quantized = fx_quantize(densenet, (3, 32, 32), SKIPPED)
     report = score_model(quantized, input_shape=(3, 32, 32))
+    # compare float -> quantized, by block: every quantized stage's score goes down; the float
+    # islands keep their 32-bit storage (no freebie on either side here).
+    float_report = score_model(densenet, freebie=False)
+    by_block = {c.name: c for c in compare(float_report, report, depth=1).changes}
+    for block in ("conv1", "dense3", "dense4", "trans1", "trans2"):
+        assert by_block[block].score_change < 0, block
+    for block in SKIPPED:
+        change = by_block[block]
+        assert change.before is not None and change.after is not None
+        assert change.after.storage == change.before.storage, block
     convs = [row for row in report.layers if row.op == "conv"]
     for row in convs:
         expected = 32 if row.module.startswith(SKIPPED) else 8

@@ -128,3 +128,17 @@ def test_counts_grow_linearly_with_the_graph() -> None:
         assert report.ops == blocks * per_block_ops
         assert report.params == blocks * per_block_params
         assert len(report.layers) == 3 * blocks
+
+
+def test_vision_transformer_has_no_uncounted_op() -> None:
+    import torchvision
+
+    with torch.device("meta"):
+        model = torchvision.models.vit_b_16()
+    report = score_model(model, input_shape=(3, 224, 224), freebie=False)
+    assert report.uncounted == ()
+    assert report.trace_method == "symbolic_trace"
+    ops = {row.op for row in report.layers}
+    assert {"multihead_attention", "layer_norm", "gelu", "linear", "conv"} <= ops
+    # Dense ViT-B/16: 86,567,656 values.
+    assert report.params == 86_567_656
