@@ -117,10 +117,10 @@ def _from_graph_module(
     if first is not None and first.shape == (1, *input_shape) and all(
         n in recorded for n in gm.graph.nodes if n.op not in ("output", "call_module")
     ):
-        return TracedModel(gm.graph, gm, recorded, input_shape, "graph_module")
+        return TracedModel(gm.graph, gm, recorded, input_shape, "the exported program's graph")
     return TracedModel(
         gm.graph, gm, _propagate(gm, gm.graph, input_shape, input_dtype), input_shape,
-        "graph_module",
+        "graph module",
     )
 
 
