@@ -162,13 +162,13 @@ def _load_pickle(path: Path, trust: bool) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as error:
-        if trust:
-            raise UserError(f"cannot unpickle {path}: {error}".splitlines()[0]) from error
-        raise UserError(
-            f"{path} contains pickled Python objects (such as an nn.Module) and loading them runs "
-            "code from the file; pass --trust if you trust its origin, or save a state_dict "
-            "and use --arch"
-        ) from error
+        if not trust and "Unsupported global" in str(error):  # a class or function to import
+            raise UserError(
+                f"{path} contains pickled Python objects (such as an nn.Module) and loading "
+                "them runs code from the file; pass --trust if you trust its origin, or save a "
+                "state_dict and use --arch"
+            ) from error
+        raise UserError(f"cannot read {path}: not a PyTorch file, or damaged") from error
     except (RuntimeError, EOFError, OSError, ModuleNotFoundError, AttributeError) as error:
         if isinstance(error, AttributeError) and "'_modules'" in str(error):
             raise UserError(
@@ -183,6 +183,10 @@ def _load_pickle(path: Path, trust: bool) -> object:
             ) from error
         raise UserError(
             f"cannot read {path}: not a valid PyTorch file, or truncated ({error})".splitlines()[0]
+        ) from error
+    except Exception as error:  # noqa: BLE001 - a non-pickle fails in many ways inside torch.load
+        raise UserError(
+            f"cannot read {path}: not a PyTorch file, or damaged ({type(error).__name__})"
         ) from error
 
 

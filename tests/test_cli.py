@@ -185,6 +185,8 @@ def test_torchscript_is_refused_with_advice(tmp_path: Path) -> None:
         (["{factory}", "--arch-kwargs", '{"depth": 2}'], "cannot call"),
         (["nomodule_xyz.sub:build"], "cannot import"),
         (["{tmp}"], "is a folder"),
+        (["{junk}"], "not a PyTorch file"),
+        (["{noise}"], "not a PyTorch file"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(
@@ -193,7 +195,11 @@ def test_bad_input_is_one_line_and_exit_2(
     truncated = tmp_path / "truncated.pt"
     torch.save(nn.Linear(2, 2).state_dict(), truncated)
     truncated.write_bytes(truncated.read_bytes()[:100])
-    values = {"{factory}": factory, "{truncated}": str(truncated), "{tmp}": str(tmp_path)}
+    junk, noise = tmp_path / "model.onnx", tmp_path / "noise.pt"
+    junk.write_text("this is not a model\n")
+    noise.write_bytes(bytes(range(256)) * 4)
+    values = {"{factory}": factory, "{truncated}": str(truncated), "{tmp}": str(tmp_path),
+              "{junk}": str(junk), "{noise}": str(noise)}
     filled = [values.get(a, a) for a in args]
     result = invoke(*filled)
     assert result.exit_code == 2, result.output  # type: ignore[attr-defined]
