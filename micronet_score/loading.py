@@ -184,7 +184,7 @@ def _load_pickle(path: Path, trust: bool) -> object:
         raise UserError(
             f"cannot read {path}: not a valid PyTorch file, or truncated ({error})".splitlines()[0]
         ) from error
-    except Exception as error:  # noqa: BLE001 - a non-pickle fails in many ways inside torch.load
+    except Exception as error:  # a non-pickle fails in many different ways inside torch.load
         raise UserError(
             f"cannot read {path}: not a PyTorch file, or damaged ({type(error).__name__})"
         ) from error
