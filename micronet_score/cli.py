@@ -64,23 +64,26 @@ def _version(value: bool) -> None:
         raise typer.Exit(EXIT_OK)
 
 
-def _fail(message: str) -> NoReturn:
+def fail(message: str) -> NoReturn:
+    """One line on stderr and exit code 2 (the toolkit's command line shares this)."""
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(EXIT_BAD_INPUT)
 
 
-def _guarded(debug: bool, action: Callable[[], T]) -> T:
+def guarded(debug: bool, action: Callable[[], T]) -> T:
     """Run `action`, turning any failure into one line and exit code 2 unless --debug is given."""
     try:
         return action()
+    except (typer.Exit, typer.Abort):  # click's Exit is a RuntimeError: let it through
+        raise
     except UserError as error:
         if debug:
             raise
-        _fail(str(error))
+        fail(str(error))
     except Exception as error:
         if debug:
             raise
-        _fail(f"{type(error).__name__}: {error}".splitlines()[0] + " (rerun with --debug)")
+        fail(f"{type(error).__name__}: {error}".splitlines()[0] + " (rerun with --debug)")
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
@@ -95,15 +98,16 @@ def parse_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
-def _parse_kwargs(text: str | None) -> dict[str, Any]:
+def parse_json_object(text: str | None, option: str) -> dict[str, Any]:
+    """The keyword arguments an option such as --arch-kwargs gives as a JSON object."""
     if text is None:
         return {}
     try:
         value = json.loads(text)
     except json.JSONDecodeError as error:
-        raise UserError(f"--arch-kwargs is not valid JSON ({error.msg}): {text}") from error
+        raise UserError(f"{option} is not valid JSON ({error.msg}): {text}") from error
     if not isinstance(value, dict):
-        raise UserError("--arch-kwargs must be a JSON object, e.g. '{\"growth_rate\": 4}'")
+        raise UserError(f"{option} must be a JSON object, e.g. '{{\"growth_rate\": 4}}'")
     return value
 
 
@@ -143,7 +147,7 @@ def analyse(spec: str, settings: Settings, progress: Progress = lambda _: None) 
 
     dtype = settings.input_dtype
     shape = parse_shape(settings.input_shape) if settings.input_shape else None
-    kwargs = _parse_kwargs(settings.arch_kwargs)
+    kwargs = parse_json_object(settings.arch_kwargs, "--arch-kwargs")
     loaded = load_model(spec, arch=settings.arch, arch_kwargs=kwargs, trust=settings.trust)
     progress(f"tracing and counting {spec}")
     return score_model(
@@ -212,7 +216,7 @@ def _write(debug: bool, output: Path, text: str) -> None:
         except OSError as error:
             raise UserError(f"cannot write {output}: {error.strerror or error}") from error
 
-    _guarded(debug, write)
+    guarded(debug, write)
 
 
 # Options shared by `score` and `compare`.
@@ -322,7 +326,7 @@ def score(
     settings = Settings(rules, baseline, input_shape, tuple(bits or ()), weight_bits, act_bits,
                         accumulator_bits, freebie, arch, arch_kwargs, trust, input_dtype)
     with _status() as progress:
-        report = _guarded(debug, lambda: analyse(model, settings, progress))
+        report = guarded(debug, lambda: analyse(model, settings, progress))
     view = formats.View(depth, sort.value, top, max_score)
     if output_format is OutputFormat.table and output is None:
         console = _stdout_console()
@@ -339,7 +343,7 @@ def score(
             typer.echo(line, err=True)
     sys.stdout.flush()
     if strict and report.uncounted:
-        _fail(formats.strict_failure(report))
+        fail(formats.strict_failure(report))
     if max_score is not None:
         passed, verdict = formats.gate(report.score, max_score)
         typer.echo(verdict, err=True)
@@ -394,8 +398,8 @@ def compare(
             raise UserError(f"{label} ({spec}): {error}") from error
 
     with _status() as progress:
-        before = _guarded(debug, lambda: analyse_named(model_a, "A", progress))
-        after = _guarded(debug, lambda: analyse_named(model_b, "B", progress))
+        before = guarded(debug, lambda: analyse_named(model_a, "A", progress))
+        after = guarded(debug, lambda: analyse_named(model_b, "B", progress))
     comparison = formats.compare(before, after, (model_a, model_b), depth)
     sys.stdout.flush()
     for label, report in (("A", before), ("B", after)):
@@ -433,7 +437,7 @@ def list_rules() -> None:
             [load_baseline(name) for name in available_baselines()],
         )
 
-    typer.echo("\n".join(_guarded(False, describe)))
+    typer.echo("\n".join(guarded(False, describe)))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -164,41 +164,45 @@ class DenseNet(nn.Module):
         return logits
 
 
-def _densenet121(growth_rate: int, **kwargs: Any) -> DenseNet:
-    """DenseNet-121's stage depths (6, 12, 24, 16); variants differ in growth rate and convs."""
-    return DenseNet((6, 12, 24, 16), growth_rate, **kwargs)
+@register_model
+def densenet(
+    growth_rate: int = 12, blocks: Sequence[int] = (6, 12, 24, 16), **kwargs: Any
+) -> DenseNet:
+    """Any CIFAR DenseNet: DenseNet-121's stage depths unless ``blocks`` says otherwise, and the
+    `DenseNet` options (``reduction``, ``bottleneck``, ``groups``, ``separable``) by keyword."""
+    return DenseNet(blocks, growth_rate, **kwargs)
 
 
 @register_model
 def densenet121_gr4(**kwargs: Any) -> DenseNet:
-    return _densenet121(4, **kwargs)
+    return densenet(4, **kwargs)
 
 
 @register_model
 def densenet121_gr4_g2(**kwargs: Any) -> DenseNet:
     """Groups of 2 on both bottleneck convs: roughly halves their weights."""
-    return _densenet121(4, groups=2, **kwargs)
+    return densenet(4, groups=2, **kwargs)
 
 
 @register_model
 def densenet121_gr4_dws(**kwargs: Any) -> DenseNet:
     """Depthwise-separable 3x3 convs in every dense layer."""
-    return _densenet121(4, separable=True, **kwargs)
+    return densenet(4, separable=True, **kwargs)
 
 
 @register_model
 def densenet121_gr8(**kwargs: Any) -> DenseNet:
-    return _densenet121(8, **kwargs)
+    return densenet(8, **kwargs)
 
 
 @register_model
 def densenet121_gr12(**kwargs: Any) -> DenseNet:
-    return _densenet121(12, **kwargs)
+    return densenet(12, **kwargs)
 
 
 @register_model
 def densenet121_gr32(**kwargs: Any) -> DenseNet:
-    return _densenet121(32, **kwargs)
+    return densenet(32, **kwargs)
 
 
 class BasicBlock(nn.Module):

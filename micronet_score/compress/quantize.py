@@ -26,7 +26,7 @@ import contextlib
 import copy
 import pickle
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -43,9 +43,13 @@ from torch.ao.quantization.observer import ObserverBase
 from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 from torch.export import Dim, ExportedProgram
 
+from micronet_score.compress.models import create_model
 from micronet_score.errors import UserError
 
 Backend = Literal["fbgemm", "x86"]
+
+# A quantized linear's state_dict entries for its packed (weight, bias) pair and weight dtype.
+_PACKED, _PACKED_DTYPE = "._packed_params._packed_params", "._packed_params.dtype"
 
 # torch.ao's observer and fake-quantize bases; torchao's PT2E flow has its own, separate ones.
 _TORCH_AO_OBSERVERS: tuple[type[nn.Module], ...] = (ObserverBase, FakeQuantizeBase)
@@ -141,11 +145,67 @@ def quantize_pt2e(
     captured = torch.export.export(
         float_model, (batches[0],), dynamic_shapes=_batch_free(batches[0])
     ).module()
+    _keep_shared_convs_unfolded(captured)
     prepared = prepare_pt2e(captured, quantizer)
     _calibrate(prepared, batches)
     converted = convert_pt2e(prepared)
     _drop_unread_tensors(converted)
     return export_converted(converted, (batches[0],))
+
+
+def fx_quantized_model(
+    model: str,
+    skip: Sequence[str] = (),
+    num_classes: int = 10,
+    backend: Backend = "fbgemm",
+    input_shape: Sequence[int] = (3, 32, 32),
+    model_args: Mapping[str, Any] | None = None,
+) -> nn.Module:
+    """The structure `quantize_fx` gives the registered ``model`` (built with ``model_args``),
+    for the scorer's ``--arch``.
+
+    A pickled FX module loads only with ``weights_only=False`` (the scorer's ``--trust``), so a
+    quantize stage saves `fx_state_dict` instead; this rebuilds the same graph (calibrated on
+    zeros) and lets ``load_state_dict`` fill it with the saved scales, zero points and int8
+    weights.
+    """
+    built = create_model(model, num_classes=num_classes, **(model_args or {})).eval()
+    quantized = quantize_fx(built, [torch.zeros(1, *input_shape)], skip=skip, backend=backend)
+    quantized.register_load_state_dict_pre_hook(  # type: ignore[no-untyped-call]
+        _restore_absent_biases
+    )
+    return quantized
+
+
+def fx_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
+    """A converted FX module's weights as a plain mapping of names to tensors, the form the
+    scorer (and ``torch.load(weights_only=True)``) reads.
+
+    It is the layout quantized modules load without state_dict version metadata, which a plain
+    dict does not carry: a quantized linear's packed ``(weight, bias)`` as ``weight`` and
+    ``bias``. Absent biases (None) are left out; `fx_quantized_model` puts them back.
+    """
+    return {key: value for key, value in _unversioned(module).items() if value is not None}
+
+
+def _unversioned(module: nn.Module) -> dict[str, torch.Tensor | None]:
+    layout: dict[str, torch.Tensor | None] = {}
+    for key, value in module.state_dict().items():
+        if key.endswith(_PACKED):
+            owner = key.removesuffix(_PACKED)
+            layout[f"{owner}.weight"], layout[f"{owner}.bias"] = value
+        elif not key.endswith(_PACKED_DTYPE):  # qint8, what unversioned loading assumes
+            layout[key] = value
+    return layout
+
+
+def _restore_absent_biases(
+    module: nn.Module, state_dict: dict[str, Any], prefix: str, *_: object
+) -> None:
+    """Load-time inverse of `fx_state_dict`: the biases ``module`` lacks are None again."""
+    for key, value in _unversioned(module).items():
+        if value is None:
+            state_dict.setdefault(prefix + key, None)
 
 
 def export_converted(
@@ -264,6 +324,33 @@ def _drop_unread_tensors(module: torch.fx.GraphModule) -> None:
         if name not in read:
             owner, _, attribute = name.rpartition(".")
             delattr(module.get_submodule(owner), attribute)
+
+
+_BATCH_NORMS = (
+    torch.ops.aten._native_batch_norm_legit_no_training.default,
+    torch.ops.aten.batch_norm.default,
+)
+
+
+def _keep_shared_convs_unfolded(module: torch.fx.GraphModule) -> None:
+    """Put a copy between a BatchNorm and its input when that input has other readers too.
+
+    ``prepare_pt2e`` folds every BatchNorm into the conv before it, rewriting the conv's weights
+    even when its raw output is read elsewhere: in a DenseNet the stem conv feeds the first
+    layer's BatchNorm and the concatenation, which would then see the BatchNorm's output instead
+    (torchao 0.18; accuracy falls to chance). The copy hides such pairs from the folding, so those
+    BatchNorms stay separate ops, as in the float model.
+    """
+    for bn_node in list(module.graph.nodes):
+        if bn_node.op != "call_function" or bn_node.target not in _BATCH_NORMS:
+            continue
+        source = bn_node.args[0]
+        if len(source.users) < 2:
+            continue  # a conv read by the BatchNorm alone folds correctly
+        with module.graph.inserting_before(bn_node):
+            copied = module.graph.call_function(torch.ops.aten.clone.default, (source,))
+        bn_node.replace_input_with(source, copied)
+    module.recompile()
 
 
 def _batch_free(*inputs: torch.Tensor) -> tuple[dict[int, object], ...]:

@@ -1,18 +1,19 @@
 """Training and knowledge distillation, as plain functions over frozen configs.
 
 `train` and `distill` share one loop and differ only in the loss, so every feature (mixup and
-cutmix, checkpoints, metrics, bf16 on CUDA) behaves the same in both. A checkpoint holds the
-random generators too, so an interrupted run resumed from it ends with the same weights as one
-that was never interrupted. Library code never prints; pass a `Progress` (e.g. `RichProgress`)
-to see the loop.
+cutmix, checkpoints, metrics, channels-last, bf16 on CUDA) behaves the same in both. A
+checkpoint holds the random generators too, so an interrupted run resumed from it ends with the
+same weights as one that was never interrupted. Library code never prints; pass a `Progress`
+(e.g. `RichProgress`) to see the loop.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
@@ -283,17 +284,21 @@ def distill(
     the images the student is graded on. The teacher is left in eval mode on the device.
     """
     device = resolve_device(cfg.device)
-    teacher_run = _prepare(teacher.eval(), device, compile_model=cfg.compile)
+    with _on_device(teacher.eval(), device, compile_model=cfg.compile) as teacher_run:
 
-    def loss_fn(logits: torch.Tensor, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            teacher_logits = teacher_run(images)
-        return kd_loss(
-            logits, teacher_logits, targets, cfg.temperature, cfg.alpha,
-            label_smoothing=cfg.label_smoothing,
+        def loss_fn(
+            logits: torch.Tensor, images: torch.Tensor, targets: torch.Tensor
+        ) -> torch.Tensor:
+            with torch.no_grad():
+                teacher_logits = teacher_run(images)
+            return kd_loss(
+                logits, teacher_logits, targets, cfg.temperature, cfg.alpha,
+                label_smoothing=cfg.label_smoothing,
+            )
+
+        return _fit(
+            student, train_loader, test_loader, cfg, loss_fn, checkpoint_dir, resume, progress
         )
-
-    return _fit(student, train_loader, test_loader, cfg, loss_fn, checkpoint_dir, resume, progress)
 
 
 def _fit(
@@ -308,36 +313,36 @@ def _fit(
 ) -> TrainResult:
     """The loop behind `train` and `distill`; they differ only in ``loss_fn``."""
     device = resolve_device(cfg.device)
-    runner = _prepare(model, device, compile_model=cfg.compile)
-    optimizer = _optimizer(model, cfg)
-    scheduler = CosineAnnealingLR(optimizer, T_max=cfg.epochs)
-    mixer = _mixer(cfg)
-    folder = None if checkpoint_dir is None else Path(checkpoint_dir)
-    history: list[EpochMetrics] = []
-    if folder is not None and resume and (folder / CHECKPOINT_FILE).exists():
-        history = _load_checkpoint(folder / CHECKPOINT_FILE, model, optimizer, scheduler)
-    else:
-        torch.manual_seed(cfg.seed)
-        if folder is not None:
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / METRICS_FILE).unlink(missing_ok=True)
-    for epoch in range(len(history) + 1, cfg.epochs + 1):
-        lr = float(optimizer.param_groups[0]["lr"])
-        if progress is not None:
-            progress.start_epoch(epoch, cfg.epochs, len(train_loader))
-        loss, train_acc, images_per_s = _train_epoch(
-            runner, train_loader, optimizer, loss_fn, mixer, device, progress
-        )
-        scheduler.step()
-        metrics = EpochMetrics(
-            epoch, loss, train_acc, evaluate(runner, test_loader, device), images_per_s, lr
-        )
-        history.append(metrics)
-        if folder is not None:
-            _save_checkpoint(folder, model, optimizer, scheduler, history, cfg)
-        if progress is not None:
-            progress.end_epoch(metrics)
-    return TrainResult(tuple(history))
+    with _on_device(model, device, compile_model=cfg.compile) as runner:
+        optimizer = _optimizer(model, cfg)
+        scheduler = CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+        mixer = _mixer(cfg)
+        folder = None if checkpoint_dir is None else Path(checkpoint_dir)
+        history: list[EpochMetrics] = []
+        if folder is not None and resume and (folder / CHECKPOINT_FILE).exists():
+            history = _load_checkpoint(folder / CHECKPOINT_FILE, model, optimizer, scheduler)
+        else:
+            torch.manual_seed(cfg.seed)
+            if folder is not None:
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / METRICS_FILE).unlink(missing_ok=True)
+        for epoch in range(len(history) + 1, cfg.epochs + 1):
+            lr = float(optimizer.param_groups[0]["lr"])
+            if progress is not None:
+                progress.start_epoch(epoch, cfg.epochs, len(train_loader))
+            loss, train_acc, images_per_s = _train_epoch(
+                runner, train_loader, optimizer, loss_fn, mixer, device, progress
+            )
+            scheduler.step()
+            metrics = EpochMetrics(
+                epoch, loss, train_acc, evaluate(runner, test_loader, device), images_per_s, lr
+            )
+            history.append(metrics)
+            if folder is not None:
+                _save_checkpoint(folder, model, optimizer, scheduler, history, cfg)
+            if progress is not None:
+                progress.end_epoch(metrics)
+        return TrainResult(tuple(history))
 
 
 def _train_epoch(
@@ -387,19 +392,29 @@ def _train_epoch(
     return mean_loss, accuracy, seen / (time.perf_counter() - start)
 
 
-def _prepare(model: nn.Module, device: torch.device, *, compile_model: bool) -> nn.Module:
-    """Move to ``device`` (channels-last on CUDA, where convolutions run faster that way) and
-    optionally compile; the returned module runs the model, ``model`` keeps the weights."""
-    model.to(device)
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
-    return cast(nn.Module, torch.compile(model)) if compile_model else model
+@contextlib.contextmanager
+def _on_device(
+    model: nn.Module, device: torch.device, *, compile_model: bool
+) -> Iterator[nn.Module]:
+    """``model`` on ``device`` in channels-last memory format while the block runs, and the
+    module that runs it (compiled if asked); afterwards ``model`` is contiguous again, the layout
+    pruning (``parameters_to_vector`` views) and export expect.
+
+    Convolutions run faster channels-last on CUDA and on the CPU alike (the growth-4 DenseNets
+    train 1.3 to 1.7 times faster on two CPU cores); results are the same up to float rounding.
+    """
+    model.to(device).to(memory_format=torch.channels_last)
+    try:
+        yield cast(nn.Module, torch.compile(model)) if compile_model else model
+    finally:
+        model.to(memory_format=torch.contiguous_format)
 
 
 def _to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
-    if device.type == "cuda":
-        return images.to(device, memory_format=torch.channels_last, non_blocking=True)
-    return images.to(device)
+    """A batch on ``device``; image batches channels-last, to match `_prepare`."""
+    if images.dim() != 4:
+        return images.to(device, non_blocking=True)
+    return images.to(device, memory_format=torch.channels_last, non_blocking=True)
 
 
 def _autocast(device: torch.device) -> torch.autocast:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 from torch import nn
@@ -25,6 +27,7 @@ from micronet_score.compress.models import (
 # (16*4*9 = 576 weights) for a depthwise 3x3 (16*9 = 144) plus a pointwise 16->4 (64),
 # saving 368 per layer: 119,146 - 58*368 = 97,802.
 PARAM_COUNTS = {
+    "densenet": 1_000_618,  # growth rate 12 unless told
     "densenet121_gr4": 119_146,
     "densenet121_gr4_g2": 70_922,
     "densenet121_gr4_dws": 97_802,
@@ -47,6 +50,25 @@ def test_every_registered_model_has_a_count() -> None:
 @pytest.mark.parametrize(("name", "count"), PARAM_COUNTS.items())
 def test_parameter_count(name: str, count: int) -> None:
     assert n_params(create_model(name)) == count
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"growth_rate": 4}, "densenet121_gr4"),
+        ({"growth_rate": 4, "groups": 2}, "densenet121_gr4_g2"),
+        ({"growth_rate": 4, "separable": True}, "densenet121_gr4_dws"),
+        ({"growth_rate": 32}, "densenet121_gr32"),
+    ],
+)
+def test_the_generic_densenet_builds_the_named_variants(kwargs: dict[str, Any], name: str) -> None:
+    assert n_params(create_model("densenet", **kwargs)) == PARAM_COUNTS[name]
+
+
+def test_the_generic_densenet_takes_its_stage_depths() -> None:
+    # The by-hand count of test_densenet_without_bottleneck_by_hand, through the registry.
+    model = create_model("densenet", growth_rate=4, blocks=(1, 1, 1, 1), bottleneck=False)
+    assert n_params(model) == 216 + 304 + 96 + 228 + 70 + 190 + 54 + 152 + 16 + 90
 
 
 def test_num_classes_resizes_only_the_head() -> None:
@@ -110,8 +132,8 @@ def test_wide_resnet_options() -> None:
 
 
 def test_unknown_and_duplicate_names() -> None:
-    with pytest.raises(ValueError, match=r"^unknown model 'densenet'; choose one of: densenet121_"):
-        create_model("densenet")
+    with pytest.raises(ValueError, match=r"^unknown model 'densenet121'; choose one of: densenet,"):
+        create_model("densenet121")
 
     def resnet18() -> nn.Module:
         return nn.Identity()

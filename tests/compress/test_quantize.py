@@ -286,6 +286,39 @@ def test_exporting_a_prepared_but_unconverted_pt2e_model_is_refused() -> None:
         export_converted(prepared, (images,))
 
 
+class SharedStemNet(nn.Module):
+    """A DenseNet's start: the stem conv's output feeds a BatchNorm and a concatenation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.conv = nn.Conv2d(8, 8, 3, padding=1)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        out: torch.Tensor = self.head(torch.cat([self.conv(torch.relu(self.bn(x))), x], 1))
+        return out
+
+
+def test_pt2e_keeps_a_batchnorm_on_a_shared_conv_output_separate() -> None:
+    # Folding that BatchNorm into the stem would feed the concatenation its output (error ~116%).
+    torch.manual_seed(0)
+    net = SharedStemNet().eval()
+    with torch.no_grad():  # a BatchNorm far from the identity, as after training
+        assert net.bn.running_mean is not None and net.bn.running_var is not None
+        net.bn.running_mean.uniform_(-0.5, 0.5)
+        net.bn.running_var.uniform_(0.5, 2.0)
+        net.bn.weight.uniform_(0.5, 2.0)
+        net.bn.bias.uniform_(-1.0, 1.0)
+    program = quantize_pt2e(net, _images(2))
+    (images,) = _images(1, seed=1)
+    with torch.no_grad():
+        # Rounded: input, stem weight, stem output, BatchNorm-relu output, conv weight.
+        assert _relative_error(program.module()(images), net(images)) <= 2 * _noise(255, 5)
+
+
 @pytest.mark.slow
 def test_pt2e_densenet_skip_list(tmp_path: Path) -> None:
     torch.manual_seed(0)

@@ -225,6 +225,18 @@ def test_distill_without_soft_term_is_train(
     assert same_weights(distilled, trained)
 
 
+def test_models_come_back_contiguous(
+    tiny_densenet: MakeModel, synthetic_loaders: tuple[Loader, Loader]
+) -> None:
+    # The loop runs channels-last; pruning's parameters_to_vector (a view) and export need the
+    # usual layout back, for the student and the teacher alike.
+    student, teacher = tiny_densenet(0), tiny_densenet(1)
+    distill(student, teacher, *synthetic_loaders, DistillConfig(epochs=1, device="cpu"))
+    for model in (student, teacher):
+        assert all(tensor.is_contiguous() for tensor in model.state_dict().values())
+    assert torch.nn.utils.parameters_to_vector(student.parameters()).numel() == 982
+
+
 def test_rich_progress_prints_one_line_per_epoch(
     tiny_densenet: MakeModel, synthetic_loaders: tuple[Loader, Loader]
 ) -> None:

@@ -1,0 +1,143 @@
+"""The compress command line: help, one-line errors with exit code 2, a stage command run."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from test_recipe import TINY, tiny_model_registered, tiny_recipe
+from typer.testing import CliRunner, Result
+
+from micronet_score.compress.cli import app
+from micronet_score.compress.models import create_model
+from micronet_score.compress.recipe import RecipeError
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _tiny_model() -> Iterator[None]:
+    with tiny_model_registered():
+        yield
+
+CIFAR_FILES = ("data_batch_1, data_batch_2, data_batch_3, data_batch_4, data_batch_5, "
+               "test_batch, batches.meta")
+
+
+def invoke(*args: str) -> Result:
+    return runner.invoke(app, list(args))
+
+
+def error_line(result: Result) -> str:
+    """The one line a failed command wrote, without its ``error: `` prefix."""
+    stderr = result.stderr
+    assert result.exit_code == 2, result.output
+    assert len(stderr.strip().splitlines()) == 1, stderr
+    assert stderr.startswith("error: ")
+    return stderr.strip().removeprefix("error: ")
+
+
+def test_help_lists_the_commands() -> None:
+    result = invoke("--help")
+    assert result.exit_code == 0
+    for command in ("run", "recipes", "train", "distill", "prune", "quantize"):
+        assert f"  {command} " in result.stdout
+
+
+@pytest.mark.parametrize("command", ["run", "train", "distill", "prune", "quantize", "recipes"])
+def test_every_command_has_help(command: str) -> None:
+    result = runner.invoke(app, [command, "--help"], prog_name="micronet-compress")
+    assert result.exit_code == 0
+    assert result.stdout.startswith(f"Usage: micronet-compress {command} [OPTIONS]")
+
+
+def test_recipes_lists_the_bundled_ones() -> None:
+    result = invoke("recipes")
+    assert result.exit_code == 0
+    assert [line.split()[0] for line in result.stdout.splitlines()] == ["cifar10", "digits"]
+
+
+def test_a_bad_recipe_key_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    data = tiny_recipe()
+    data["stages"][0]["epoch"] = 3
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    message = error_line(invoke("run", str(path), "--out", str(tmp_path / "run")))
+    assert message.startswith(f"{path}: stages[0] (train 'float'): unknown key 'epoch'; valid "
+                              "keys: compile, cutmix_alpha, epochs, ")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("run", "cifar10"), ("train", "--model", "densenet121_gr4")],
+)
+def test_missing_cifar_is_the_data_error(tmp_path: Path, args: tuple[str, ...]) -> None:
+    result = invoke(*args, "--data-dir", str(tmp_path), "--out", str(tmp_path / "run"))
+    assert error_line(result) == (
+        f"CIFAR-10 not found in {tmp_path / 'cifar-10-batches-py'} (missing {CIFAR_FILES}); "
+        f"pass --download, or put the extracted cifar-10-batches-py folder in {tmp_path}"
+    )
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("lr", "malformed --set 'lr': expected KEY=VALUE, e.g. lr=0.01"),
+        ("=3", "malformed --set '=3': expected KEY=VALUE, e.g. lr=0.01"),
+        ("lrate=0.1", "micronet-compress train: stages[0] (train 'train'): unknown key 'lrate'; "
+         "valid keys: compile, cutmix_alpha, epochs, label_smoothing, lr, mixup_alpha, momentum, "
+         "optimizer, weight_decay"),
+        ("epochs=many", "micronet-compress train: stages[0] (train 'train'): 'epochs' must be "
+         "an integer, got 'many'"),
+    ],
+)
+def test_bad_settings_are_one_line(setting: str, message: str) -> None:
+    assert error_line(invoke("train", "--model", TINY, "--set", setting)) == message
+
+
+def test_debug_shows_the_traceback() -> None:
+    result = invoke("train", "--model", TINY, "--set", "lrate=1", "--debug")
+    assert isinstance(result.exception, RecipeError)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("{growth_rate: 4}", "--model-args is not valid JSON (Expecting property name enclosed "
+         "in double quotes): {growth_rate: 4}"),
+        ("[4]", "--model-args must be a JSON object, e.g. '{\"growth_rate\": 4}'"),
+        ('{"growth": 4}', "micronet-compress train: model 'densenet' cannot be built with "
+         "{'growth': 4}: "),
+    ],
+)
+def test_bad_model_args_are_one_line(text: str, message: str) -> None:
+    line = error_line(invoke("train", "--model", "densenet", "--model-args", text))
+    assert line.startswith(message)
+
+
+def test_bad_teacher_args_are_one_line(tmp_path: Path) -> None:
+    result = invoke("distill", "--model", TINY, "--teacher", "densenet", "--teacher-weights",
+                    str(tmp_path / "t.pt"), "--teacher-args", "8")
+    assert error_line(result) == "--teacher-args must be a JSON object, e.g. '{\"growth_rate\": 4}'"
+
+
+def test_a_stage_command_reports_its_input_and_result(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    torch.save(create_model(TINY).state_dict(), tmp_path / "w.pt")
+    out = tmp_path / "q"
+    result = invoke("quantize", "--model", "densenet", "--weights", str(tmp_path / "w.pt"),
+                    "--model-args", '{"growth_rate": 2, "blocks": [1, 1, 1, 1]}',
+                    "--dataset", "digits", "--batch-size", "256", "--out", str(out),
+                    "--set", "skip=[linear]", "--set", "calibration_batches=1")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["stage", "accuracy", "score", "sparsity", "bits", "file"]
+    assert [line.split()[0] for line in lines[1:3]] == ["input", "quantize"]
+    assert lines[3] == f"wrote {out / 'candidates.csv'}, {out / 'pareto.png'}, " \
+                       f"{out / 'summary.md'}"
+    assert (out / "quantize" / "model.pt").is_file()
