@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+import gc
+from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -50,5 +52,24 @@ def score_model(
             f"no input shape: baseline '{base.name}' has none; pass --input-shape, e.g. 3,32,32"
         )
     declared = declarations(bits, weight_bits, act_bits)
-    counts = count(trace(model, shape, input_dtype), rule_set, declared, accumulator_bits)
-    return summarize(counts, rule_set, base, freebie)
+    with _collector_paused():
+        counts = count(trace(model, shape, input_dtype), rule_set, declared, accumulator_bits)
+        return summarize(counts, rule_set, base, freebie)
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector while tracing and counting.
+
+    Each full collection walks every live object, and a large model's graph, fake tensors and
+    facts are many, so collections made the analysis grow faster than the graph: on a chain of
+    2,000 conv-bn-relu blocks they took a quarter of the time. What the analysis leaves behind
+    is collected once the collector runs again.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()

@@ -209,25 +209,22 @@ def effective_tensor(module: nn.Module, name: str) -> torch.Tensor | None:
     """The value a layer really uses: pruning masks applied, parametrizations evaluated."""
     original = _attribute(module, f"{name}_orig")
     mask = _attribute(module, f"{name}_mask")
-    with torch.no_grad():
-        if isinstance(original, torch.Tensor) and isinstance(mask, torch.Tensor):
-            return original.detach() * mask
+    if isinstance(original, torch.Tensor) and isinstance(mask, torch.Tensor):
+        return original.detach() * mask.detach()
+    with torch.no_grad():  # a parametrization computes its value, which must not record a graph
         value = _attribute(module, name)
     return value.detach() if isinstance(value, torch.Tensor) else None
 
 
 def _identity(module: nn.Module, name: str) -> int:
     """A stable identity for a module's stored value, whichever way it is computed."""
-    for owner in (f"{name}_orig", f"parametrizations.{name}.original"):
-        try:
-            return id(module.get_parameter(owner))
-        except AttributeError:
-            continue
-    value: object
-    try:
-        value = module.get_parameter(name)
-    except AttributeError:
-        value = getattr(module, name, None)
+    value = _attribute(module, f"{name}_orig")
+    parametrizations = module._modules.get("parametrizations")
+    parametrization = None if parametrizations is None else parametrizations._modules.get(name)
+    if value is None and parametrization is not None:
+        value = _attribute(parametrization, "original")
+    if value is None:
+        value = _attribute(module, name)
     if isinstance(value, torch.Tensor):
         return id(value)
     return hash((id(module), name))  # packed quantized weights: one value per module

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import gc
+from typing import Any
+
+import pytest
 import torch
 import torch.nn.functional as F
 from helpers import layer
 from torch import nn
 
-from micronet_score import score_model
+from micronet_score import api, score_model
+from micronet_score.report import Report
 
 
 def ones(model: nn.Module) -> nn.Module:
@@ -128,6 +133,27 @@ def test_counts_grow_linearly_with_the_graph() -> None:
         assert report.ops == blocks * per_block_ops
         assert report.params == blocks * per_block_params
         assert len(report.layers) == 3 * blocks
+
+
+@pytest.mark.parametrize("enabled_before", [True, False])
+def test_the_garbage_collector_pauses_only_while_scoring(
+    enabled_before: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Collections during the analysis made it grow faster than the graph (see api.py).
+    seen: list[bool] = []
+    original = api.summarize
+
+    def summarize(*args: Any, **kwargs: Any) -> Report:
+        seen.append(gc.isenabled())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(api, "summarize", summarize)
+    (gc.enable if enabled_before else gc.disable)()
+    try:
+        score_model(conv_chain(2), input_shape=(4, 8, 8))
+        assert (seen, gc.isenabled()) == ([False], enabled_before)
+    finally:
+        gc.enable()
 
 
 def test_vision_transformer_has_no_uncounted_op() -> None:
