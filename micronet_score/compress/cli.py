@@ -241,8 +241,8 @@ def train_command(
     weight_decay, label_smoothing, mixup_alpha, cutmix_alpha, compile."""
     _stage("train", model=model, model_args=model_args, dataset=dataset, data_dir=data_dir,
            download=download, batch_size=batch_size, weights=weights, out=out,
-           settings=settings, seed=seed,
-           device=device, rules=rules, baseline=baseline, debug=debug)
+           settings=settings, seed=seed, device=device, rules=rules, baseline=baseline,
+           debug=debug)
 
 
 @app.command("distill")
@@ -274,9 +274,8 @@ def distill_command(
     temperature and alpha (the soft term's weight)."""
     _stage("distill", model=model, model_args=model_args, dataset=dataset, data_dir=data_dir,
            download=download, batch_size=batch_size, weights=weights, out=out,
-           settings=settings, seed=seed,
-           device=device, rules=rules, baseline=baseline, debug=debug,
-           teacher=(teacher, teacher_weights, teacher_args))
+           settings=settings, seed=seed, device=device, rules=rules, baseline=baseline,
+           debug=debug, teacher=(teacher, teacher_weights, teacher_args))
 
 
 @app.command("prune")
@@ -303,8 +302,8 @@ def prune_command(
     epochs (lr 0.001)."""
     _stage("prune", model=model, model_args=model_args, dataset=dataset, data_dir=data_dir,
            download=download, batch_size=batch_size, weights=weights, out=out,
-           settings=settings, seed=seed,
-           device=device, rules=rules, baseline=baseline, debug=debug)
+           settings=settings, seed=seed, device=device, rules=rules, baseline=baseline,
+           debug=debug)
 
 
 @app.command("quantize")
@@ -330,8 +329,8 @@ def quantize_command(
     (fbgemm or x86, FX only)."""
     _stage("quantize", model=model, model_args=model_args, dataset=dataset, data_dir=data_dir,
            download=download, batch_size=batch_size, weights=weights, out=out,
-           settings=settings, seed=seed,
-           device=None, rules=rules, baseline=baseline, debug=debug)
+           settings=settings, seed=seed, device=None, rules=rules, baseline=baseline,
+           debug=debug)
 
 
 def main(argv: list[str] | None = None) -> None:
