@@ -64,8 +64,7 @@ def _version(value: bool) -> None:
         raise typer.Exit(EXIT_OK)
 
 
-def fail(message: str) -> NoReturn:
-    """One line on stderr and exit code 2 (the toolkit's command line shares this)."""
+def _fail(message: str) -> NoReturn:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(EXIT_BAD_INPUT)
 
@@ -79,11 +78,11 @@ def guarded(debug: bool, action: Callable[[], T]) -> T:
     except UserError as error:
         if debug:
             raise
-        fail(str(error))
+        _fail(str(error))
     except Exception as error:
         if debug:
             raise
-        fail(f"{type(error).__name__}: {error}".splitlines()[0] + " (rerun with --debug)")
+        _fail(f"{type(error).__name__}: {error}".splitlines()[0] + " (rerun with --debug)")
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
@@ -343,7 +342,7 @@ def score(
             typer.echo(line, err=True)
     sys.stdout.flush()
     if strict and report.uncounted:
-        fail(formats.strict_failure(report))
+        _fail(formats.strict_failure(report))
     if max_score is not None:
         passed, verdict = formats.gate(report.score, max_score)
         typer.echo(verdict, err=True)

@@ -211,16 +211,24 @@ def effective_tensor(module: nn.Module, name: str) -> torch.Tensor | None:
     mask = _attribute(module, f"{name}_mask")
     if isinstance(original, torch.Tensor) and isinstance(mask, torch.Tensor):
         return original.detach() * mask.detach()
-    with torch.no_grad():  # a parametrization computes its value, which must not record a graph
+    if _parametrization(module, name) is None:
         value = _attribute(module, name)
+    else:
+        with torch.no_grad():  # evaluating the parametrization must not record a graph
+            value = _attribute(module, name)
     return value.detach() if isinstance(value, torch.Tensor) else None
+
+
+def _parametrization(module: nn.Module, name: str) -> nn.Module | None:
+    """The `torch.nn.utils.parametrize` list computing ``module.<name>``, if there is one."""
+    parametrizations = module._modules.get("parametrizations")
+    return None if parametrizations is None else parametrizations._modules.get(name)
 
 
 def _identity(module: nn.Module, name: str) -> int:
     """A stable identity for a module's stored value, whichever way it is computed."""
     value = _attribute(module, f"{name}_orig")
-    parametrizations = module._modules.get("parametrizations")
-    parametrization = None if parametrizations is None else parametrizations._modules.get(name)
+    parametrization = _parametrization(module, name)
     if value is None and parametrization is not None:
         value = _attribute(parametrization, "original")
     if value is None:

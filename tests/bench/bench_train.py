@@ -1,10 +1,12 @@
-"""Benchmark: training images/s of the growth-4 DenseNet, plain eager fp32 against the toolkit.
+"""Benchmark: training images/s of a DenseNet (growth 4 by default), plain eager fp32 against the
+toolkit.
 
 Run from the repository root:
 
-    python tests/bench/bench_train.py [--device cpu|cuda] [--batch-size N] [--steps N] [--compile]
+    python tests/bench/bench_train.py [--model NAME] [--device cpu|cuda] [--batch-size N]
+                                      [--steps N] [--compile]
 
-Both sides train a freshly seeded ``densenet121_gr4`` with SGD on the same synthetic CIFAR-shaped
+Both sides train the same freshly seeded model with SGD on the same synthetic CIFAR-shaped
 batches (random images and labels; the data set does not change the arithmetic). "plain" is a
 hand-written fp32 loop on contiguous tensors. "toolkit" is `train` itself, with its fast path:
 channels-last memory format everywhere, bf16 autocast on CUDA (and torch.compile with
@@ -30,7 +32,7 @@ from micronet_score.compress.data import Loader
 from micronet_score.compress.models import create_model
 from micronet_score.compress.train import TrainConfig, resolve_device, train
 
-MODEL = "densenet121_gr4"
+DEFAULT_MODEL = "densenet121_gr4"
 LR = 0.05
 
 
@@ -42,14 +44,14 @@ def synthetic_loader(batches: int, batch_size: int) -> Loader:
     return DataLoader(TensorDataset(images, labels), batch_size=batch_size)
 
 
-def fresh_model() -> nn.Module:
+def fresh_model(name: str) -> nn.Module:
     torch.manual_seed(0)
-    return create_model(MODEL)
+    return create_model(name)
 
 
-def plain_images_per_s(loader: Loader, device: torch.device) -> float:
+def plain_images_per_s(name: str, loader: Loader, device: torch.device) -> float:
     """An fp32 eager loop, no autocast, no channels-last: the second of two epochs, timed."""
-    model = fresh_model().to(device).train()
+    model = fresh_model(name).to(device).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9, weight_decay=5e-4)
 
     def epoch() -> float:
@@ -66,11 +68,13 @@ def plain_images_per_s(loader: Loader, device: torch.device) -> float:
     return epoch()
 
 
-def toolkit_images_per_s(loader: Loader, device: torch.device, compile_model: bool) -> float:
+def toolkit_images_per_s(
+    name: str, loader: Loader, device: torch.device, compile_model: bool
+) -> float:
     """`train` for two epochs; its second epoch's images/s (the first one warms up)."""
     test_loader = DataLoader(TensorDataset(torch.zeros(2, 3, 32, 32), torch.zeros(2).long()))
     config = TrainConfig(epochs=2, lr=LR, device=str(device), compile=compile_model)
-    return train(fresh_model(), loader, test_loader, config).history[-1].images_per_s
+    return train(fresh_model(name), loader, test_loader, config).history[-1].images_per_s
 
 
 def _synchronize(device: torch.device) -> None:
@@ -80,6 +84,7 @@ def _synchronize(device: torch.device) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"[default: {DEFAULT_MODEL}]")
     parser.add_argument("--device", default=None, help="cpu or cuda [default: cuda if any]")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="[default: 256 on CUDA, 64 on the CPU]")
@@ -95,13 +100,13 @@ def main() -> None:
     if args.compile:
         fast_path += " + torch.compile"
     rows: list[tuple[str, str, Callable[[], float]]] = [
-        ("plain", "eager fp32, contiguous", lambda: plain_images_per_s(loader, device)),
+        ("plain", "eager fp32, contiguous", lambda: plain_images_per_s(args.model, loader, device)),
         ("toolkit", f"train(): {fast_path}",
-         lambda: toolkit_images_per_s(loader, device, args.compile)),
+         lambda: toolkit_images_per_s(args.model, loader, device, args.compile)),
     ]
     where = torch.cuda.get_device_name(device) if on_cuda else (
         f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
-    print(f"{MODEL}, batch {batch_size}, {len(loader)} steps per epoch, on {where}, "
+    print(f"{args.model}, batch {batch_size}, {len(loader)} steps per epoch, on {where}, "
           f"torch {torch.__version__}")
     results = {}
     for name, description, measure in rows:

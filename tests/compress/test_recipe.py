@@ -275,9 +275,7 @@ def test_pruning_zeroes_half_the_weights(tiny_run: tuple[Path, tuple[Candidate, 
         table = list(csv.reader(file))
     assert table[0] == ["layer", "step 1 (50.0%)"]
     per_layer = {name: float(value) for name, value in table[1:]}
-    assert per_layer == pytest.approx(
-        layer_sparsity(model), abs=5e-5
-    )
+    assert per_layer == pytest.approx(layer_sparsity(model), abs=5e-5)
 
 
 # Loading a quantized state_dict and running quantized cats make torch warn; neither matters here.
