@@ -13,6 +13,7 @@ from micronet_score.bits import declarations
 from micronet_score.count import count, summarize
 from micronet_score.errors import UserError
 from micronet_score.graph import trace
+from micronet_score.limits import MAX_INPUT_ELEMENTS, check_input_elements
 from micronet_score.loading import from_exported
 from micronet_score.report import Report
 from micronet_score.rules import Baseline, RuleSet, load_baseline, load_rules
@@ -30,6 +31,7 @@ def score_model(
     accumulator_bits: int | None = None,
     freebie: bool = True,
     input_dtype: torch.dtype | None = None,
+    max_input_elements: int = MAX_INPUT_ELEMENTS,
 ) -> Report:
     """Count `model` at batch size 1 and score it.
 
@@ -37,7 +39,8 @@ def score_model(
     traced at, then to the baseline's. `baseline` defaults to the rule set's own. `bits` declares
     widths per module-path pattern (`{"dense3": "8/8"}` or `["dense3=8/8"]`). `input_dtype`
     defaults to the model's float type (pass torch.long for token ids). The model is never
-    modified.
+    modified. Raises UserError on bad input, including an input of more than
+    `max_input_elements` elements (batch of 1 included).
     """
     rule_set = load_rules(rules) if isinstance(rules, str) else rules
     chosen = baseline if baseline is not None else rule_set.default_baseline
@@ -51,6 +54,7 @@ def score_model(
         raise UserError(
             f"no input shape: baseline '{base.name}' has none; pass --input-shape, e.g. 3,32,32"
         )
+    check_input_elements(shape, max_input_elements)
     declared = declarations(bits, weight_bits, act_bits)
     with _collector_paused():
         counts = count(trace(model, shape, input_dtype), rule_set, declared, accumulator_bits)

@@ -12,26 +12,37 @@ lines, so `--help` and `rules` stay instant.
 from __future__ import annotations
 
 import contextlib
-import json
+import math
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from micronet_score import __version__
+from micronet_score.cli_support import (
+    EXIT_OK,
+    EXIT_OVER_BUDGET,
+    fail,
+    guarded,
+    input_files,
+    parse_json_object,
+    refuse_overwriting_inputs,
+    run_app,
+    torch_quiet,
+    write_report,
+)
 from micronet_score.errors import UserError
+from micronet_score.limits import MAX_INPUT_ELEMENTS
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
 
     from micronet_score.report import Report, View
 
-T = TypeVar("T")
-EXIT_OK, EXIT_OVER_BUDGET, EXIT_BAD_INPUT = 0, 1, 2
 Progress = Callable[[str], None]
 
 
@@ -64,27 +75,6 @@ def _version(value: bool) -> None:
         raise typer.Exit(EXIT_OK)
 
 
-def _fail(message: str) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(EXIT_BAD_INPUT)
-
-
-def guarded(debug: bool, action: Callable[[], T]) -> T:
-    """Run `action`, turning any failure into one line and exit code 2 unless --debug is given."""
-    try:
-        return action()
-    except (typer.Exit, typer.Abort):  # click's Exit is a RuntimeError: let it through
-        raise
-    except UserError as error:
-        if debug:
-            raise
-        _fail(str(error))
-    except Exception as error:
-        if debug:
-            raise
-        _fail(f"{type(error).__name__}: {error}".splitlines()[0] + " (rerun with --debug)")
-
-
 def parse_shape(text: str) -> tuple[int, ...]:
     try:
         shape = tuple(int(part) for part in text.replace("x", ",").split(","))
@@ -95,19 +85,6 @@ def parse_shape(text: str) -> tuple[int, ...]:
             f"malformed --input-shape '{text}': give positive sizes without the batch, e.g. 3,32,32"
         )
     return shape
-
-
-def parse_json_object(text: str | None, option: str) -> dict[str, Any]:
-    """The keyword arguments an option such as --arch-kwargs gives as a JSON object."""
-    if text is None:
-        return {}
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise UserError(f"{option} is not valid JSON ({error.msg}): {text}") from error
-    if not isinstance(value, dict):
-        raise UserError(f"{option} must be a JSON object, e.g. '{{\"growth_rate\": 4}}'")
-    return value
 
 
 class InputDtype(str, Enum):
@@ -134,6 +111,7 @@ class Settings:
     arch_kwargs: str | None = None
     trust: bool = False
     input_dtype: InputDtype = InputDtype.auto
+    max_input_elements: int = MAX_INPUT_ELEMENTS
 
 
 def analyse(spec: str, settings: Settings, progress: Progress = lambda _: None) -> Report:
@@ -160,6 +138,7 @@ def analyse(spec: str, settings: Settings, progress: Progress = lambda _: None) 
         accumulator_bits=settings.accumulator_bits,
         freebie=settings.freebie,
         input_dtype=None if dtype is InputDtype.auto else getattr(torch, dtype.value),
+        max_input_elements=settings.max_input_elements,
     )
 
 
@@ -179,7 +158,12 @@ def _stdout_console() -> Console:
     """Colour and escape codes only on a terminal (and never with NO_COLOR set); rich decides."""
     from rich.console import Console
 
-    return Console(highlight=False, emoji=False)
+    class PipeAwareConsole(Console):
+        def on_broken_pipe(self) -> None:  # rich would exit with 1, the gate's FAIL
+            self.quiet = True
+            raise BrokenPipeError
+
+    return PipeAwareConsole(highlight=False, emoji=False)
 
 
 def _print(console: Console, parts: list[RenderableType]) -> None:
@@ -209,13 +193,18 @@ def render(report: Report, output_format: OutputFormat, view: View | None = None
 
 
 def _write(debug: bool, output: Path, text: str) -> None:
-    def write() -> None:
-        try:
-            output.write_text(text, encoding="utf-8")
-        except OSError as error:
-            raise UserError(f"cannot write {output}: {error.strerror or error}") from error
+    guarded(debug, lambda: write_report(output, text))
 
-    guarded(debug, write)
+
+def _echo_notes(notes: list[str]) -> None:
+    for line in notes:
+        typer.echo(line, err=True)
+
+
+def _check_output(debug: bool, output: Path | None, settings: Settings, *models: str) -> None:
+    """Before any work: the report must not replace a file the command reads."""
+    specs = (*models, settings.arch, settings.rules, settings.baseline)
+    guarded(debug, lambda: refuse_overwriting_inputs(output, input_files(specs)))
 
 
 # Options shared by `score` and `compare`.
@@ -255,6 +244,11 @@ DepthOption = Annotated[
     int | None,
     typer.Option(min=1, help="Sum the layers by module-path prefix of N parts (1: conv1, dense1, "
                  "trans1, ...). Table and markdown only."),
+]
+MaxElementsOption = Annotated[
+    int,
+    typer.Option(min=1, help="Refuse an input shape with more elements than this (batch of 1): "
+                 "a fallback to torch.export allocates the input for real."),
 ]
 TopOption = Annotated[
     int | None, typer.Option(min=1, help="Show only the N heaviest rows (totals cover all).")
@@ -313,6 +307,7 @@ def score(
         float | None, typer.Option(help="Exit with code 1 when the score is above this bar.")
     ] = None,
     strict: Annotated[bool, typer.Option(help="Exit with code 2 if any op is uncounted.")] = False,
+    max_input_elements: MaxElementsOption = MAX_INPUT_ELEMENTS,
     arch: ArchOption = None,
     arch_kwargs: ArchKwargsOption = None,
     trust: TrustOption = False,
@@ -323,9 +318,14 @@ def score(
     from micronet_score import report as formats
 
     settings = Settings(rules, baseline, input_shape, tuple(bits or ()), weight_bits, act_bits,
-                        accumulator_bits, freebie, arch, arch_kwargs, trust, input_dtype)
-    with _status() as progress:
+                        accumulator_bits, freebie, arch, arch_kwargs, trust, input_dtype,
+                        max_input_elements)
+    if max_score is not None and not (math.isfinite(max_score) and max_score >= 0):
+        fail(f"--max-score must be a finite number at or above 0, got {max_score}")
+    _check_output(debug, output, settings, model)
+    with _status() as progress, torch_quiet(debug) as notes:
         report = guarded(debug, lambda: analyse(model, settings, progress))
+    _echo_notes(notes)
     view = formats.View(depth, sort.value, top, max_score)
     if output_format is OutputFormat.table and output is None:
         console = _stdout_console()
@@ -342,7 +342,7 @@ def score(
             typer.echo(line, err=True)
     sys.stdout.flush()
     if strict and report.uncounted:
-        _fail(formats.strict_failure(report))
+        fail(formats.strict_failure(report))
     if max_score is not None:
         passed, verdict = formats.gate(report.score, max_score)
         typer.echo(verdict, err=True)
@@ -376,6 +376,7 @@ def compare(
     top: Annotated[
         int | None, typer.Option(min=1, help="Show only the N largest changes.")
     ] = None,
+    max_input_elements: MaxElementsOption = MAX_INPUT_ELEMENTS,
     arch: ArchOption = None,
     arch_kwargs: ArchKwargsOption = None,
     trust: TrustOption = False,
@@ -386,7 +387,8 @@ def compare(
     from micronet_score import report as formats
 
     settings = Settings(rules, baseline, input_shape, tuple(bits or ()), weight_bits, act_bits,
-                        accumulator_bits, freebie, arch, arch_kwargs, trust, input_dtype)
+                        accumulator_bits, freebie, arch, arch_kwargs, trust, input_dtype,
+                        max_input_elements)
 
     def analyse_named(spec: str, label: str, progress: Progress) -> Report:
         try:
@@ -396,9 +398,11 @@ def compare(
                 raise
             raise UserError(f"{label} ({spec}): {error}") from error
 
-    with _status() as progress:
+    _check_output(debug, output, settings, model_a, model_b)
+    with _status() as progress, torch_quiet(debug) as notes:
         before = guarded(debug, lambda: analyse_named(model_a, "A", progress))
         after = guarded(debug, lambda: analyse_named(model_b, "B", progress))
+    _echo_notes(notes)
     comparison = formats.compare(before, after, (model_a, model_b), depth)
     sys.stdout.flush()
     for label, report in (("A", before), ("B", after)):
@@ -442,15 +446,9 @@ def list_rules() -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point: `micronet-score rules`, `micronet-score compare A B`, else the score command."""
     args = sys.argv[1:] if argv is None else argv
-    if args == ["rules"]:
-        # Called directly: typer's option parsing imports pydantic, a tenth of a second.
-        try:
-            list_rules()
-        except typer.Exit as done:
-            sys.exit(done.exit_code)
-    elif args and args[0] == "rules":
-        rules_app(args[1:], prog_name="micronet-score rules")
+    if args and args[0] == "rules":
+        sys.exit(run_app(rules_app, args[1:], "micronet-score rules"))
     elif args and args[0] == "compare":
-        compare_app(args[1:], prog_name="micronet-score compare")
+        sys.exit(run_app(compare_app, args[1:], "micronet-score compare"))
     else:
-        score_app(args, prog_name="micronet-score")
+        sys.exit(run_app(score_app, args, "micronet-score"))

@@ -21,13 +21,11 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from micronet_score.cli import guarded, parse_json_object
+from micronet_score.cli_support import EXIT_INTERRUPTED, guarded, parse_json_object, run_app
 from micronet_score.errors import UserError
 
 if TYPE_CHECKING:
     from micronet_score.compress.recipe import Candidate, Recipe
-
-EXIT_INTERRUPTED = 130
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, rich_markup_mode=None,
@@ -335,4 +333,4 @@ def quantize_command(
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point."""
-    app(sys.argv[1:] if argv is None else argv, prog_name="micronet-compress")
+    sys.exit(run_app(app, sys.argv[1:] if argv is None else argv, "micronet-compress"))
