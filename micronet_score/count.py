@@ -106,6 +106,8 @@ def count(
         warnings.append("weights are on the meta device: zeros unknown, counted as dense")
     if any(_trains(f, traced) for f in all_facts):
         warnings.append("the model is in training mode; it was counted as in eval mode")
+    if traced.skipped_hook is not None:
+        warnings.append(f"hooks were not run ({traced.skipped_hook}): what they add is not counted")
     return Counts(
         tuple(c for c in counted if c.facts.kind is not OpKind.FREE and not _empty_quantize(c)),
         tuple(uncounted),

@@ -28,6 +28,7 @@ from micronet_score.classify import (
 )
 from micronet_score.graph import TensorInfo, TracedModel
 from micronet_score.opkinds import OpKind
+from micronet_score.shadow import parametrized_value
 
 _STORED_ROLES = ("weight", "bias", "running_mean", "running_var")
 # Layers made of several weight matrices: every parameter is an operand, by its own name.
@@ -206,16 +207,16 @@ def _attribute(module: nn.Module, name: str) -> object:
 
 
 def effective_tensor(module: nn.Module, name: str) -> torch.Tensor | None:
-    """The value a layer really uses: pruning masks applied, parametrizations evaluated."""
+    """The value a layer really uses: pruning masks applied, parametrizations evaluated (as at
+    inference, without their hooks: see `parametrized_value`)."""
     original = _attribute(module, f"{name}_orig")
     mask = _attribute(module, f"{name}_mask")
     if isinstance(original, torch.Tensor) and isinstance(mask, torch.Tensor):
         return original.detach() * mask.detach()
-    if _parametrization(module, name) is None:
-        value = _attribute(module, name)
-    else:
-        with torch.no_grad():  # evaluating the parametrization must not record a graph
-            value = _attribute(module, name)
+    parametrization = _parametrization(module, name)
+    if parametrization is not None:
+        return parametrized_value(parametrization).detach()
+    value = _attribute(module, name)
     return value.detach() if isinstance(value, torch.Tensor) else None
 
 
@@ -231,6 +232,8 @@ def _identity(module: nn.Module, name: str) -> int:
     parametrization = _parametrization(module, name)
     if value is None and parametrization is not None:
         value = _attribute(parametrization, "original")
+        if value is None:  # a parametrization of several tensors
+            value = _attribute(parametrization, "original0")
     if value is None:
         value = _attribute(module, name)
     if isinstance(value, torch.Tensor):
@@ -241,6 +244,8 @@ def _identity(module: nn.Module, name: str) -> int:
 def _stored_value(module: nn.Module, role: str) -> torch.Tensor | None:
     """Stored values of a layer: quantized layers unpack theirs (`weight()`); a QAT conv-bn
     layer's bias is its BatchNorm's shift, which converting folds into it."""
+    if _parametrization(module, role) is not None:  # read once, below
+        return effective_tensor(module, role)
     value = _attribute(module, role)
     if callable(value) and not isinstance(value, nn.Module):
         packed = value()

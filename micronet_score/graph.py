@@ -3,10 +3,12 @@
 Symbolic tracing is tried first because it keeps `nn.Module` leaves (a conv stays one node that owns
 its weights). Models with data-dependent control flow fall back to `torch.export`. Shapes come from
 running the graph on fake tensors, so no activation memory is allocated and no arithmetic is done.
+Both trace a hook-free shadow of the model (see `micronet_score.shadow`), never the model itself.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
@@ -20,6 +22,7 @@ from torch.utils._pytree import tree_leaves, tree_map
 from micronet_score.classify import function_kind, module_kind
 from micronet_score.errors import UserError
 from micronet_score.opkinds import SHAPE_PRESERVING, OpKind
+from micronet_score.shadow import ShadowTracer, global_hook, module_hook, shadow
 
 
 @dataclass(frozen=True)
@@ -41,8 +44,10 @@ class TensorInfo:
 class TracedModel:
     """A graph whose `get_attr` and `call_module` targets resolve against `root`.
 
-    `root` is the user's own module for symbolic traces (never modified), or the GraphModule that
-    `torch.export` produced. `values` maps each node to its (first) tensor output, or None.
+    `root` is a shadow of the user's module (same classes and tensors, see `shadow`) for symbolic
+    traces and graph modules, or the GraphModule that `torch.export` produced. `values` maps each
+    node to its (first) tensor output, or None. `skipped_hook` describes a forward hook of the
+    model that tracing did not run, if there is one.
     """
 
     graph: torch.fx.Graph
@@ -50,9 +55,10 @@ class TracedModel:
     values: dict[torch.fx.Node, TensorInfo | None]
     input_shape: tuple[int, ...]
     method: str
+    skipped_hook: str | None = None
 
 
-class _LeafTracer(torch.fx.Tracer):
+class _LeafTracer(ShadowTracer):
     """Keeps layers we have formulas for whole, and torch's own modules that have no children.
 
     A torch.nn module with children (e.g. TransformerEncoderLayer) is traced through, so that the
@@ -77,8 +83,34 @@ def trace(
     """Trace `model` at batch size 1 and propagate shapes on fake tensors.
 
     The input is a tensor of `input_dtype` (default: the model's float type; token ids need
-    torch.long) with a batch dimension of 1 in front of `input_shape`.
+    torch.long) with a batch dimension of 1 in front of `input_shape`. Hooks are not run, and
+    `model` is only read (its parameters' values included). Raises UserError when the model
+    cannot be traced or run on that input; the message names a hook scoring skipped, if any.
     """
+    if isinstance(model, torch.jit.ScriptModule):
+        raise UserError(
+            "a TorchScript module hides its layers; score the nn.Module it was scripted from, "
+            "or a torch.export program"
+        )
+    try:
+        traced = _trace(shadow(model), input_shape, input_dtype)
+    except _HookRefusal:
+        raise
+    except UserError as error:
+        hook = module_hook(model)  # the hook may be what the forward needed
+        if hook is None:
+            raise
+        raise UserError(f"{error}; note that scoring does not run hooks, and {hook}") from error
+    return dataclasses.replace(traced, skipped_hook=module_hook(model))
+
+
+class _HookRefusal(UserError):
+    """The model could only be traced by running a hook."""
+
+
+def _trace(
+    model: nn.Module, input_shape: tuple[int, ...], input_dtype: torch.dtype | None
+) -> TracedModel:
     tracer = _LeafTracer()
     if isinstance(model, torch.fx.GraphModule) and not _has_containers(model, tracer):
         return _from_graph_module(model, input_shape, input_dtype)
@@ -131,13 +163,22 @@ def _export_fallback(
     symbolic_error: Exception,
     where: str,
 ) -> TracedModel:
+    """`model` is a shadow: torch.export swaps its tensors and calls its submodules with their
+    (empty) hooks. It would also call hooks registered for all modules, so those refuse."""
+    failed = f"symbolic tracing failed in {where} ({_first_line(symbolic_error)})"
+    hook = global_hook()
+    if hook is not None:
+        raise _HookRefusal(
+            f"cannot trace the model without running {hook}: {failed}, and torch.export runs "
+            "such hooks; remove it while scoring, or make the forward free of data-dependent "
+            "control flow"
+        ) from symbolic_error
     example = _example(model, (1, *input_shape), input_dtype)
     try:
         program = torch.export.export(model, (example,), strict=False)
     except Exception as export_error:
         raise UserError(
-            f"cannot trace the model: symbolic tracing failed in {where} "
-            f"({_first_line(symbolic_error)}) "
+            f"cannot trace the model: {failed} "
             f"and torch.export failed ({_first_line(export_error)}); "
             "make the forward free of data-dependent control flow, or export it yourself "
             "with torch.export and score the .pt2 file"
@@ -191,11 +232,12 @@ def _recorded_values(graph: torch.fx.Graph) -> dict[torch.fx.Node, TensorInfo | 
 class _ShapeRecorder(torch.fx.Interpreter):
     """Runs the graph on fake tensors and keeps only each node's output shape and dtype.
 
-    Layers are never called: their forward could run hooks, update BatchNorm statistics or
-    fake-quantization observers, or reassign pruned weights, all of which would change the
-    user's model. Shape-preserving layers pass their input through; conv and linear layers run
-    their functional form on stand-in weights. Ops without a fake implementation (the quantized
-    engine's) run once for real on zeros at batch size 1.
+    Shape-preserving layers pass their input through, and conv and linear layers get their
+    output shape from arithmetic. Other layers run their `forward` (never `__call__`: no hooks)
+    on a shadow holding fake copies of their tensors, and stored tensors read by the graph are
+    fake too: under a fake mode, an in-place update of a real tensor by constants is really done.
+    Ops without a fake implementation (the quantized engine's) run once for real on zeros at
+    batch size 1, on the real tensors of a shadow; those layers keep no state.
     """
 
     def __init__(self, root: nn.Module, graph: torch.fx.Graph, mode: FakeTensorMode) -> None:
@@ -203,6 +245,8 @@ class _ShapeRecorder(torch.fx.Interpreter):
         self.extra_traceback = False  # our error already names the node; keep it one line
         self.mode = mode
         self.values: dict[torch.fx.Node, TensorInfo | None] = {}
+        self._real: dict[torch.Tensor, torch.Tensor] = {}  # fake stand-in -> stored tensor
+        self._fake_layers: dict[str, nn.Module] = {}
 
     def run_node(self, n: torch.fx.Node) -> object:
         try:
@@ -246,15 +290,45 @@ class _ShapeRecorder(torch.fx.Interpreter):
             return function_kind(n.target)
         return None
 
+    def call_module(
+        self, target: torch.fx.node.Target, args: tuple[object, ...], kwargs: dict[str, object]
+    ) -> object:
+        layer = self._fake_layers.get(str(target))
+        if layer is None:
+            layer = shadow(self.fetch_attr(str(target)), convert=self._fake)
+            self._fake_layers[str(target)] = layer
+        return layer.forward(*args, **kwargs)
+
+    def get_attr(
+        self, target: torch.fx.node.Target, args: tuple[object, ...], kwargs: dict[str, object]
+    ) -> object:
+        value = super().get_attr(target, args, kwargs)  # type: ignore[arg-type]
+        return self._fake(value) if isinstance(value, torch.Tensor) else value
+
+    def _fake(self, tensor: torch.Tensor) -> torch.Tensor:
+        if isinstance(tensor, FakeTensor) or tensor.dtype in _QUANTIZED_DTYPES:
+            return tensor
+        fake = self.mode.from_tensor(tensor)
+        self._real[fake] = tensor
+        return fake
+
     def _run_for_real(self, n: torch.fx.Node, args: object, kwargs: object) -> object:
-        """Quantized tensors cannot be faked: such ops run on zeros, and their quantized
-        outputs stay real (batch size 1) while float outputs go back to fake tensors."""
+        """Quantized tensors cannot be faked: such ops run on zeros (stored tensors keep their
+        values), and their quantized outputs stay real (batch size 1) while float outputs go
+        back to fake tensors."""
         with unset_fake_temporarily(), torch.no_grad():
-            real_args, real_kwargs = tree_map(_zeros_like, (args, kwargs))
-            result = getattr(self, n.op)(n.target, real_args, real_kwargs)
+            real_args, real_kwargs = tree_map(self._zeros_like, (args, kwargs))
+            if n.op == "call_module":
+                result = self.fetch_attr(str(n.target)).forward(*real_args, **real_kwargs)
+            else:
+                result = getattr(self, n.op)(n.target, real_args, real_kwargs)
         return tree_map(
             lambda v: self.mode.from_tensor(v) if _is_float_tensor(v) else v, result
         )
+
+    def _zeros_like(self, value: object) -> object:
+        stored = self._real.get(value) if isinstance(value, FakeTensor) else None
+        return stored if stored is not None else _zeros_like(value)
 
 
 _STAND_IN_KINDS = frozenset({OpKind.CONV, OpKind.CONV_TRANSPOSE, OpKind.LINEAR})
@@ -278,10 +352,9 @@ def _needs_real_run(n: torch.fx.Node, module: nn.Module | None, inputs: object) 
     """Ops that read or make quantized tensors, and quantized layers (packed weights)."""
     if n.target in _QUANTIZING_FUNCTIONS:
         return True
-    if module is not None and (
-        callable(getattr(module, "weight", None)) or type(module).__module__.startswith(
-            "torch.ao.nn.quantized"
-        )
+    if module is not None and (  # `weight()` unpacks; the class is asked, or a parametrized
+        callable(getattr(type(module), "weight", None))  # weight would be computed here
+        or type(module).__module__.startswith("torch.ao.nn.quantized")
     ):
         return True
     return any(
@@ -292,7 +365,7 @@ def _needs_real_run(n: torch.fx.Node, module: nn.Module | None, inputs: object) 
 def _stand_in_shape(module: nn.Module, x: object) -> tuple[int, ...]:
     """The layer's output shape from its arithmetic (dispatching a fake convolution costs far
     more than this)."""
-    assert isinstance(x, torch.Tensor) and isinstance(module.weight, torch.Tensor)
+    assert isinstance(x, torch.Tensor)
     if isinstance(module, nn.Linear):
         if x.shape[-1] != module.in_features:
             raise ValueError(f"expected {module.in_features} input features, got {x.shape[-1]}")
