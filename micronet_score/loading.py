@@ -6,13 +6,16 @@ user's explicit `trust=True`. Every failure becomes one UserError line saying wh
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import importlib
 import importlib.util
-import json
+import os
 import pickle
 import sys
+import tempfile
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +24,7 @@ import torch
 from torch import nn
 
 from micronet_score.errors import UserError
+from micronet_score.limits import MAX_STREAM_BYTES
 
 _CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model")
 
@@ -47,6 +51,12 @@ def load_model(
         raise UserError(f"model file not found: {spec}")
     if path.is_dir():
         raise UserError(f"{spec} is a folder; give a model file (.pt2, .pt, .pth)")
+    if not path.is_file():  # a pipe or a device: no size to check, so read a bounded copy
+        with _bounded_copy(path) as copy:
+            try:
+                return load_model(str(copy), arch=arch, arch_kwargs=arch_kwargs, trust=trust)
+            except UserError as error:
+                raise UserError(str(error).replace(str(copy), spec)) from error
     kind = _archive_kind(path)
     if kind == "torchscript":
         raise UserError(
@@ -54,7 +64,7 @@ def load_model(
             "export the model with torch.export.export(...) and torch.export.save(...) instead"
         )
     if kind == "export":
-        return from_exported(_load_exported(path))
+        return from_exported(_load_exported(path, trust))
     loaded = _load_pickle(path, trust)
     if isinstance(loaded, torch.export.ExportedProgram):
         return from_exported(loaded)
@@ -118,10 +128,15 @@ def _import_factory(spec: str) -> Callable[..., object]:
             file = Path(location)
             if not file.is_file():
                 raise UserError(f"architecture file not found: {location}")
-            module_spec = importlib.util.spec_from_file_location(file.stem, file)
-            assert module_spec is not None and module_spec.loader is not None
+            # A private name: a user's rich.py or yaml.py must not replace an installed package
+            # that we, or the model's own code, import later.
+            digest = hashlib.sha1(str(file.resolve()).encode()).hexdigest()[:12]
+            private = f"_micronet_factory_{digest}_{file.stem}"
+            module_spec = importlib.util.spec_from_file_location(private, file)
+            if module_spec is None or module_spec.loader is None:
+                raise UserError(f"cannot import {location}: not a Python source file")
             module = importlib.util.module_from_spec(module_spec)
-            sys.modules.setdefault(file.stem, module)
+            sys.modules[private] = module  # dataclasses and pickling look classes up here
             module_spec.loader.exec_module(module)
         else:
             module = importlib.import_module(location)
@@ -135,37 +150,76 @@ def _import_factory(spec: str) -> Callable[..., object]:
     return factory  # type: ignore[no-any-return]
 
 
+@contextlib.contextmanager
+def _bounded_copy(path: Path) -> Iterator[Path]:
+    """A regular-file copy of a stream, refused past MAX_STREAM_BYTES (/dev/zero never ends).
+
+    Opened without blocking, so a named pipe with no writer reads as empty instead of hanging.
+    """
+    with tempfile.TemporaryDirectory(prefix="micronet-score-") as folder:
+        copy = Path(folder) / (path.name or "model")
+        try:
+            handle = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+            os.set_blocking(handle, True)
+            with os.fdopen(handle, "rb") as stream, open(copy, "wb") as sink:
+                copied = 0
+                while chunk := stream.read(1 << 20):
+                    copied += len(chunk)
+                    if copied > MAX_STREAM_BYTES:
+                        raise UserError(
+                            f"{path} is not a regular file and gives more than "
+                            f"{MAX_STREAM_BYTES:,} bytes; save the model to a file and score that"
+                        )
+                    sink.write(chunk)
+        except OSError as error:
+            raise UserError(f"cannot read {path}: {error.strerror or error}") from error
+        if copied == 0:
+            raise UserError(f"{path} gave no bytes; give a model file (.pt2, .pt, .pth)")
+        yield copy
+
+
 def _archive_kind(path: Path) -> str:
-    """'export', 'torchscript', 'torch.save' (zip) or 'legacy' (a plain pickle)."""
+    """'export', 'torchscript', 'torch.save' (zip) or 'legacy' (a plain pickle).
+
+    A `.pt2` file that is not a torch.save zip is 'export' even when damaged or not a zip at
+    all, so that the .pt2 reader says what is wrong with it.
+    """
     if not zipfile.is_zipfile(path):
-        return "legacy"
+        return "export" if path.suffix == ".pt2" else "legacy"
     try:
-        names = zipfile.ZipFile(path).namelist()
-    except zipfile.BadZipFile as error:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError) as error:
         raise UserError(f"cannot read {path}: the file is damaged ({error})") from error
     if any(n.endswith("/archive_format") or n.endswith("models/model.json") for n in names):
         return "export"
     if any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names):
         return "torchscript"
+    if path.suffix == ".pt2" and not any(n.endswith("/data.pkl") for n in names):
+        return "export"
     return "torch.save"
 
 
-def _load_exported(path: Path) -> torch.export.ExportedProgram:
-    try:
-        return torch.export.load(path)
-    except (RuntimeError, ValueError, KeyError, json.JSONDecodeError, zipfile.BadZipFile) as error:
-        raise UserError(f"cannot load the exported program {path}: {error}".splitlines()[0]) \
-            from error
+def _load_exported(path: Path, trust: bool = False) -> torch.export.ExportedProgram:
+    """Read a .pt2 without running anything from the file (micronet_score.pt2); with `trust`,
+    hand it to torch.export.load, which may. Raises UserError (one line)."""
+    from micronet_score import pt2
+
+    return pt2.load_trusted(path) if trust else pt2.load(path)
 
 
 def _load_pickle(path: Path, trust: bool) -> object:
+    from micronet_score.pt2 import quiet, refused_global
+
     try:
-        return torch.load(path, map_location="cpu", weights_only=not trust)
+        with quiet():
+            return torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as error:
-        if not trust and "Unsupported global" in str(error):  # a class or function to import
+        name = None if trust else refused_global(error, _pickle_bytes(path))
+        if name is not None:  # a class or function that unpickling would import and call
             raise UserError(
-                f"{path} contains pickled Python objects (such as an nn.Module) and loading "
-                "them runs code from the file; pass --trust if you trust its origin, or save a "
+                f"{path} contains a pickled reference to '{name}', and unpickling it runs code "
+                "from the file; pass --trust only if you trust its origin, or save a "
                 "state_dict and use --arch"
             ) from error
         raise UserError(f"cannot read {path}: not a PyTorch file, or damaged") from error
@@ -188,6 +242,14 @@ def _load_pickle(path: Path, trust: bool) -> object:
         raise UserError(
             f"cannot read {path}: not a PyTorch file, or damaged ({type(error).__name__})"
         ) from error
+
+
+def _pickle_bytes(path: Path) -> bytes | None:
+    """The file's bytes, to list the globals its pickle names; None past 256 MiB."""
+    try:
+        return path.read_bytes() if path.stat().st_size <= 1 << 28 else None
+    except OSError:
+        return None
 
 
 def _state_dict(loaded: object) -> dict[str, torch.Tensor] | None:

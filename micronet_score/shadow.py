@@ -177,18 +177,23 @@ def global_hook() -> str | None:
 def module_hook(model: nn.Module) -> str | None:
     """The first forward (pre-)hook on `model` or a module under it that scoring skips, described.
 
-    Pruning's pre-hooks are left out: the counter applies their masks itself."""
-    from torch.nn.utils.prune import BasePruningMethod
-
+    torch's own hooks are left out: pruning's (the counter applies their masks itself) and the
+    input check `ExportedProgram.module()` adds (the shapes are checked by tracing)."""
     for path, module in model.named_modules():
         for kind, table in (
             ("forward pre-hook", module._forward_pre_hooks),
             ("forward hook", module._forward_hooks),
         ):
             for hook in table.values():
-                if not isinstance(hook, BasePruningMethod):
+                if not _from_torch(hook):
                     return f"module '{path or type(model).__name__}' has the {kind} {_name(hook)}"
     return None
+
+
+def _from_torch(hook: object) -> bool:
+    hook = getattr(hook, "func", hook)  # functools.partial
+    owner = getattr(hook, "__module__", None) or type(hook).__module__
+    return owner == "torch" or owner.startswith("torch.")
 
 
 def _name(hook: object) -> str:

@@ -367,3 +367,16 @@ def test_fx_quantized_models_run_no_hook_and_keep_their_state(
     assert [(r.name, r.mults) for r in report.layers if r.op in ("conv", "linear")] == [
         ("conv", 864 + 48), ("linear", linear_mults),
     ]
+
+
+def test_torchs_own_hooks_are_not_reported_as_skipped() -> None:
+    """`ExportedProgram.module()` adds an input-checking pre-hook of torch's own; a skipped-hook
+    warning for it would appear on every .pt2 and drown the ones that matter."""
+    model = nn.Sequential(nn.Conv2d(3, 2, 1), nn.ReLU())
+    program = torch.export.export(model, (torch.zeros(1, 3, 4, 4),))
+    module = program.module()
+    assert any(module._forward_pre_hooks.values())  # the hook is there
+    assert score_model(program).warnings == ()
+    user = nn.Sequential(nn.Conv2d(3, 2, 1))
+    user.register_forward_hook(lambda m, i, o: None)
+    assert any("hooks were not run" in w for w in score_model(user, input_shape=(3, 4, 4)).warnings)
