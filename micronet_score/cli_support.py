@@ -89,6 +89,9 @@ def run_app(app: typer.Typer, args: list[str], prog_name: str) -> int:
         return EXIT_BAD_INPUT
     except BaseException as error:
         usage = getattr(error, "format_message", None)  # click's usage errors, in its own words
+        if type(error).__name__ == "NoArgsIsHelpError":  # no arguments at all: the help itself
+            typer.echo(str(usage() if callable(usage) else error).rstrip(), err=True)
+            return EXIT_BAD_INPUT
         if callable(usage):
             typer.echo(f"error: {usage()} (see '{prog_name} --help')", err=True)
             return EXIT_BAD_INPUT

@@ -284,3 +284,12 @@ def test_a_closed_pipe_is_not_a_verdict(
     )
     assert done.stdout.strip() == "2", done.stderr
     assert done.stderr == ""
+
+
+def test_no_arguments_shows_the_help_not_an_error() -> None:
+    from micronet_score.compress.cli import app as compress_app
+
+    code, _, err = run(app=compress_app)
+    assert code == 2
+    assert err.startswith("Usage: ") and "error:" not in err
+    assert "Commands:" in err

@@ -21,7 +21,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from micronet_score.cli_support import EXIT_INTERRUPTED, guarded, parse_json_object, run_app
+from micronet_score import __version__
+from micronet_score.cli_support import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    guarded,
+    parse_json_object,
+    run_app,
+)
 from micronet_score.errors import UserError
 
 if TYPE_CHECKING:
@@ -32,6 +39,22 @@ app = typer.Typer(
     help="Train, distill, prune and quantize models for the MicroNet score, stage by stage "
     "or from a recipe.",
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"micronet-compress {__version__}")
+        raise typer.Exit(EXIT_OK)
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool | None,
+        typer.Option("--version", callback=_version, is_eager=True, help="Show the version."),
+    ] = None,
+) -> None:
+    """Options given before the command; the help text is the app's."""
 
 
 def _guarded_run(debug: bool, action: Callable[[], None]) -> None:
@@ -61,7 +84,8 @@ def _execute(recipe: Recipe, out: Path) -> None:
     # final render of the bar (a blank line before an error message, or in a log file).
     with progress if console.is_terminal else contextlib.nullcontext():
         candidates = run_recipe(recipe, out, progress=progress,
-                                log=lambda line: console.print(line, markup=False))
+                                log=lambda line: console.print(line, markup=False,
+                                                               soft_wrap=True))
     typer.echo(_table(candidates))
     files = ", ".join(str(out / name) for name in (CANDIDATES_FILE, PARETO_FILE, SUMMARY_FILE))
     typer.echo(f"wrote {files}")

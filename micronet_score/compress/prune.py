@@ -29,17 +29,34 @@ class PruneError(UserError):
     """Pruning cannot start: bad step or target, or a checkpoint folder from another schedule."""
 
 
+@dataclass(frozen=True)
+class RetrainStep:
+    """The step being retrained: ``index`` (from 1) of ``steps`` in the schedule, and the
+    global sparsity the pruning just reached (a fraction)."""
+
+    index: int
+    steps: int
+    sparsity: float
+
+    @property
+    def label(self) -> str:
+        """``"step 3/10 (sparsity 27.1%)"``: what progress and log lines during it start with."""
+        return f"step {self.index}/{self.steps} (sparsity {self.sparsity:.1%})"
+
+
 class Retrain(Protocol):
     """Retrains ``model`` in place after a pruning step and returns its test accuracy.
 
     It should stop after ``max_epochs`` epochs, or earlier once the accuracy reaches
     ``min_accuracy``, and return the accuracy of the model as it leaves it (not the best seen),
-    since that state is what is kept. The toolkit's trainer fits through a closure that calls
-    ``train(model, train_loader, test_loader, replace(cfg, epochs=max_epochs))`` and returns
-    ``evaluate(model, test_loader, device)``.
+    since that state is what is kept. ``step`` says which step it is, for its progress lines.
+    The toolkit's recipes fit through a closure that calls `train` one epoch at a time and
+    returns its test accuracy.
     """
 
-    def __call__(self, model: nn.Module, max_epochs: int, min_accuracy: float) -> float: ...
+    def __call__(
+        self, model: nn.Module, max_epochs: int, min_accuracy: float, step: RetrainStep
+    ) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -136,7 +153,8 @@ def prune_iteratively(
     for index in range(len(steps), len(schedule)):
         last_good = {key: value.clone() for key, value in model.state_dict().items()}
         _prune_step(model, schedule[index])
-        accuracy = retrain(model, max_epochs, min_accuracy)
+        current = RetrainStep(index + 1, len(schedule), global_sparsity(model))
+        accuracy = retrain(model, max_epochs, min_accuracy, current)
         accepted = accuracy >= min_accuracy
         steps.append(
             PruneStep(

@@ -35,6 +35,7 @@ from micronet_score.compress.data import DATASETS, Loader, make_loaders
 from micronet_score.compress.models import create_model
 from micronet_score.compress.prune import (
     PruneResult,
+    RetrainStep,
     global_sparsity,
     prune_iteratively,
     prune_schedule,
@@ -49,6 +50,7 @@ from micronet_score.compress.quantize import (
 )
 from micronet_score.compress.train import (
     DistillConfig,
+    Labelled,
     Progress,
     TrainConfig,
     distill,
@@ -605,15 +607,20 @@ def _prune(
         bars.append(entry_accuracy - stage.max_drop)
     config = run.config(stage.retrain)
 
-    def retrain(model: nn.Module, max_epochs: int, min_accuracy: float) -> float:
+    def retrain(
+        model: nn.Module, max_epochs: int, min_accuracy: float, step: RetrainStep
+    ) -> float:
         # The data order follows the sparsity reached, so a resumed stage retrains exactly
         # as an uninterrupted one would.
         offset = round(global_sparsity(model) * 1e4) * max_epochs
         accuracy = 0.0
         for epoch in range(max_epochs):
             epoch_config = replace(config, epochs=1, seed=config.seed + offset + epoch)
+            # One epoch per call: the progress lines count the epochs and name the step.
+            progress = (None if run.progress is None
+                        else Labelled(run.progress, step.label, epoch + 1, max_epochs))
             accuracy = train(model, run.train_loader, run.test_loader, epoch_config,
-                             progress=run.progress).test_acc
+                             progress=progress).test_acc
             if accuracy >= min_accuracy:
                 break
         return accuracy
@@ -771,35 +778,11 @@ def write_reports(out: Path, recipe: Recipe, candidates: Sequence[Candidate]) ->
             writer.writerow([c.stage, c.kind, f"{c.accuracy:.4f}", f"{c.params:.1f}",
                              f"{c.ops:.1f}", f"{c.score:.6g}", f"{c.sparsity:.4f}", c.bits,
                              f"{c.seconds:.1f}", c.command])
-    plot_pareto(candidates, out / PARETO_FILE, title=f"{recipe.name}: {recipe.model}")
+    from micronet_score.compress.plot import plot_pareto  # matplotlib only when plotting
+
+    plot_pareto(candidates, out / PARETO_FILE, title=f"{recipe.name}: {recipe.model}",
+                accuracy_bar=ACCURACY_BAR, score_bar=SCORE_BAR)
     (out / SUMMARY_FILE).write_text(summary(recipe, candidates), encoding="utf-8")
-
-
-def plot_pareto(candidates: Sequence[Candidate], path: Path, *, title: str) -> None:
-    """Accuracy against score (log scale), stages joined in order, with both bars drawn.
-
-    Drawn on a bare `Figure` (the Agg canvas), so no pyplot state or display is involved.
-    """
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(7, 4.5), layout="constrained")
-    axes = figure.subplots()
-    scores = [c.score for c in candidates]
-    accuracies = [c.accuracy for c in candidates]
-    axes.plot(scores, accuracies, "o-", color="tab:blue")
-    for c in candidates:
-        axes.annotate(c.stage, (c.score, c.accuracy), textcoords="offset points",
-                      xytext=(5, 5), fontsize=8)
-    axes.axhline(ACCURACY_BAR, color="tab:red", linestyle="--",
-                 label=f"{ACCURACY_BAR:.0%} accuracy")
-    axes.axvline(SCORE_BAR, color="tab:green", linestyle="--", label=f"score {SCORE_BAR}")
-    axes.set_xscale("log")
-    axes.set_ylim(min(ACCURACY_BAR - 0.02, *accuracies) - 0.01, 1.0)
-    axes.set_xlabel("score (lower is better)")
-    axes.set_ylabel("test accuracy")
-    axes.set_title(title)
-    axes.legend(loc="lower right")
-    figure.savefig(path, dpi=100)
 
 
 def summary(recipe: Recipe, candidates: Sequence[Candidate]) -> str:

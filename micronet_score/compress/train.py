@@ -14,7 +14,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Protocol, cast
@@ -128,13 +128,41 @@ class TrainResult:
 
 
 class Progress(Protocol):
-    """What the loop reports; the CLI's display implements it, tests record it."""
+    """What the loop reports; the CLI's display implements it, tests record it. ``label``
+    names what the epoch belongs to, e.g. a pruning step, and is shown before it ("" for
+    plain training)."""
 
-    def start_epoch(self, epoch: int, epochs: int, steps: int) -> None: ...
+    def start_epoch(self, epoch: int, epochs: int, steps: int, *, label: str = "") -> None: ...
 
     def advance(self, steps: int, loss: float, accuracy: float, images_per_s: float) -> None: ...
 
-    def end_epoch(self, metrics: EpochMetrics) -> None: ...
+    def end_epoch(self, metrics: EpochMetrics, *, label: str = "") -> None: ...
+
+
+@dataclass(frozen=True)
+class Labelled:
+    """A `Progress` that forwards to ``inner`` with ``label``, counting the epoch as ``epoch``
+    of ``epochs``: for callers that train one epoch per `train` call, as pruning's retraining
+    does, and would otherwise show every epoch as 1/1."""
+
+    inner: Progress
+    label: str
+    epoch: int
+    epochs: int
+
+    def start_epoch(self, epoch: int, epochs: int, steps: int, *, label: str = "") -> None:
+        self.inner.start_epoch(self.epoch, self.epochs, steps, label=self.label)
+
+    def advance(self, steps: int, loss: float, accuracy: float, images_per_s: float) -> None:
+        self.inner.advance(steps, loss, accuracy, images_per_s)
+
+    def end_epoch(self, metrics: EpochMetrics, *, label: str = "") -> None:
+        self.inner.end_epoch(replace(metrics, epoch=self.epoch), label=self.label)
+
+
+def epoch_name(epoch: int, epochs: int, label: str = "") -> str:
+    """``"epoch 2/10"``, after ``label`` if any: how the bar and the epoch lines name an epoch."""
+    return f"{label} epoch {epoch}/{epochs}" if label else f"epoch {epoch}/{epochs}"
 
 
 class RichProgress:
@@ -145,7 +173,7 @@ class RichProgress:
 
     def __init__(self, console: Console | None = None) -> None:
         self._bar = RichBar(
-            TextColumn("epoch {task.fields[epoch]}"),
+            TextColumn("{task.fields[name]}", markup=False),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn(
@@ -157,6 +185,7 @@ class RichProgress:
             transient=True,
         )
         self._task: TaskID | None = None
+        self._epochs = 0  # of the current training run, for the epoch lines
 
     def __enter__(self) -> RichProgress:
         self._bar.start()
@@ -170,11 +199,13 @@ class RichProgress:
     ) -> None:
         self._bar.stop()
 
-    def start_epoch(self, epoch: int, epochs: int, steps: int) -> None:
+    def start_epoch(self, epoch: int, epochs: int, steps: int, *, label: str = "") -> None:
         if self._task is not None:
             self._bar.remove_task(self._task)
+        self._epochs = epochs
         self._task = self._bar.add_task(
-            "", total=steps, epoch=f"{epoch}/{epochs}", loss=0.0, accuracy=0.0, images_per_s=0.0
+            "", total=steps, name=epoch_name(epoch, epochs, label), loss=0.0, accuracy=0.0,
+            images_per_s=0.0,
         )
 
     def advance(self, steps: int, loss: float, accuracy: float, images_per_s: float) -> None:
@@ -183,10 +214,12 @@ class RichProgress:
                 self._task, advance=steps, loss=loss, accuracy=accuracy, images_per_s=images_per_s
             )
 
-    def end_epoch(self, metrics: EpochMetrics) -> None:
+    def end_epoch(self, metrics: EpochMetrics, *, label: str = "") -> None:
+        name = epoch_name(metrics.epoch, max(self._epochs, metrics.epoch), label)
         self._bar.console.print(
-            f"epoch {metrics.epoch}  loss {metrics.loss:.4f}  train {metrics.train_acc:.2%}  "
-            f"test {metrics.test_acc:.2%}  {metrics.images_per_s:,.0f} img/s  lr {metrics.lr:.4g}"
+            f"{name}  loss {metrics.loss:.4f}  train {metrics.train_acc:.2%}  "
+            f"test {metrics.test_acc:.2%}  {metrics.images_per_s:,.0f} img/s  lr {metrics.lr:.4g}",
+            markup=False, highlight=False, soft_wrap=True,  # one line, in a log file too
         )
 
 

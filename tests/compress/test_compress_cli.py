@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,9 +13,12 @@ import yaml
 from test_recipe import TINY, tiny_model_registered, tiny_recipe
 from typer.testing import CliRunner, Result
 
+from micronet_score import __version__
+from micronet_score.compress import recipe
 from micronet_score.compress.cli import app
 from micronet_score.compress.models import create_model
 from micronet_score.compress.recipe import RecipeError
+from micronet_score.compress.train import EpochMetrics, Progress, TrainConfig, TrainResult
 
 runner = CliRunner()
 
@@ -45,6 +50,23 @@ def test_help_lists_the_commands() -> None:
     assert result.exit_code == 0
     for command in ("run", "recipes", "train", "distill", "prune", "quantize"):
         assert f"  {command} " in result.stdout
+
+
+def test_version_and_help_stay_light() -> None:
+    """--version answers at once, without importing torch (nor rich): a second, not ten."""
+    probe = (
+        "import sys\nfrom micronet_score.compress.cli import main\ncode = 0\n"
+        "try:\n    main(sys.argv[1:])\nexcept SystemExit as done:\n    code = done.code\n"
+        "heavy = sorted(m for m in ('torch', 'rich') if m in sys.modules)\n"
+        "print('EXIT', code, 'HEAVY', heavy)\n"
+    )
+    for args, first in ((["--version"], f"micronet-compress {__version__}"),
+                        (["--help"], "Usage: micronet-compress [OPTIONS] COMMAND [ARGS]...")):
+        done = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True,
+                              text=True, timeout=60)
+        lines = done.stdout.splitlines()
+        assert (lines[0], lines[-1]) == (first, "EXIT 0 HEAVY []"), (args, done.stderr)
+    assert "  --version  Show the version." in invoke("--help").stdout
 
 
 @pytest.mark.parametrize("command", ["run", "train", "distill", "prune", "quantize", "recipes"])
@@ -141,3 +163,40 @@ def test_a_stage_command_reports_its_input_and_result(tmp_path: Path) -> None:
     assert lines[3] == f"wrote {out / 'candidates.csv'}, {out / 'pareto.png'}, " \
                        f"{out / 'summary.md'}"
     assert (out / "quantize" / "model.pt").is_file()
+
+
+def test_every_retraining_line_of_a_prune_names_its_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pruning retrains one epoch per call; its lines once all read "epoch 1". Training is
+    scripted (accuracies 0.2, 0.6, 0.7 against the bar of 0.5): step 1 needs two epochs."""
+    accuracies = iter([0.2, 0.6, 0.7])
+
+    def scripted_train(model: torch.nn.Module, train_loader: object, test_loader: object,
+                       cfg: TrainConfig, *, progress: Progress | None = None) -> TrainResult:
+        metrics = EpochMetrics(1, 1.5, 0.25, next(accuracies), 1000.0, cfg.lr)
+        assert progress is not None
+        progress.start_epoch(1, cfg.epochs, 7)
+        progress.end_epoch(metrics)
+        return TrainResult((metrics,))
+
+    monkeypatch.setattr(recipe, "train", scripted_train)
+    torch.manual_seed(0)
+    torch.save(create_model(TINY).state_dict(), tmp_path / "w.pt")
+    args = ["prune", "--model", "densenet", "--weights", str(tmp_path / "w.pt"),
+            "--model-args", '{"growth_rate": 2, "blocks": [1, 1, 1, 1]}',
+            "--dataset", "digits", "--batch-size", "256", "--out", str(tmp_path / "p"),
+            "--set", "step=0.3", "--set", "target=0.5", "--set", "max_epochs=2",
+            "--set", "min_accuracy=0.5", "--set", "max_drop=null"]
+    # A narrow terminal: lines must stay whole all the same (rich wraps at the width, and at
+    # 80 columns off a terminal), so that a log file has one line per event.
+    result = runner.invoke(app, args, env={"COLUMNS": "40"})
+    assert result.exit_code == 0, result.output
+    # 848 weights: round(0.3 * 848) = 254 pruned (30.0%), then 170 more of 594 (50.0%).
+    rest = "  loss 1.5000  train 25.00%  test {}  1,000 img/s  lr 0.001"
+    assert [line for line in result.stderr.splitlines() if "loss" in line] == [
+        "step 1/2 (sparsity 30.0%) epoch 1/2" + rest.format("20.00%"),
+        "step 1/2 (sparsity 30.0%) epoch 2/2" + rest.format("60.00%"),
+        "step 2/2 (sparsity 50.0%) epoch 1/2" + rest.format("70.00%"),
+    ]
+    assert "prune: 2 steps: 30.0% at 60.00%; 50.0% at 70.00%" in result.stderr.splitlines()

@@ -15,6 +15,7 @@ from torch.nn.utils import prune
 from micronet_score.compress.models import DenseNet, create_model
 from micronet_score.compress.prune import (
     PruneError,
+    RetrainStep,
     global_sparsity,
     layer_sparsity,
     make_permanent,
@@ -28,18 +29,23 @@ MakeModel = Callable[[int], DenseNet]
 
 class FakeRetrain:
     """Returns scripted accuracies; scales every unmasked weight by 1.5 as "training" would move
-    them, and records the effective weights it leaves, so tests can tell states apart."""
+    them, and records the effective weights it leaves, so tests can tell states apart, and the
+    steps it was told it retrains."""
 
     def __init__(self, accuracies: list[float], fail_at: int | None = None) -> None:
         self.accuracies = accuracies
         self.fail_at = fail_at
         self.calls: list[tuple[int, float]] = []
         self.left: list[dict[str, torch.Tensor]] = []
+        self.steps: list[RetrainStep] = []
 
-    def __call__(self, model: nn.Module, max_epochs: int, min_accuracy: float) -> float:
+    def __call__(
+        self, model: nn.Module, max_epochs: int, min_accuracy: float, step: RetrainStep
+    ) -> float:
         if len(self.calls) == self.fail_at:
             raise KeyboardInterrupt
         self.calls.append((max_epochs, min_accuracy))
+        self.steps.append(step)
         with torch.no_grad():
             for module, _ in prunable_parameters(model):
                 module.get_parameter("weight_orig").mul_(1.5)
@@ -112,6 +118,11 @@ def test_global_sparsity_after_n_steps_is_one_minus_keep_to_the_n() -> None:
         model, retrain, step=0.1, target=0.5, max_epochs=3, min_accuracy=0.9
     )
     assert retrain.calls == [(3, 0.9)] * 7
+    # Each retraining is told its step and the sparsity the pruning reached (retraining keeps
+    # the masks, so that is also the step's recorded sparsity).
+    assert retrain.steps == [RetrainStep(n, 7, step.sparsity)
+                             for n, step in enumerate(result.steps, start=1)]
+    assert retrain.steps[2].label == "step 3/7 (sparsity 27.1%)"
     # Each step prunes round(0.1 * R) of the R weights left, so R_n = 0.9**n * N + sum of n
     # rounding errors e_k (|e_k| <= 1/2), each shrunk by later steps' factor 0.9 <= 1: the count
     # is off by at most n/2 weights, the sparsity by n / (2N) = 5 / 217392 = 2.3e-5 for n = 5.
@@ -185,7 +196,7 @@ def test_resuming_from_a_checkpoint_matches_an_uninterrupted_run(
     resumed = tiny_densenet(0)
     retrain = FakeRetrain([1.0] * steps)
     result = run(resumed, retrain, checkpoint_dir=tmp_path)
-    assert len(retrain.calls) == steps - 2
+    assert [(step.index, step.steps) for step in retrain.steps] == [(3, 5), (4, 5), (5, 5)]
     assert result == expected
     reference_state = reference.state_dict()
     assert all(torch.equal(v, reference_state[k]) for k, v in resumed.state_dict().items())

@@ -90,13 +90,13 @@ class Epochs:
     def __init__(self) -> None:
         self.ended: list[int] = []
 
-    def start_epoch(self, epoch: int, epochs: int, steps: int) -> None:
+    def start_epoch(self, epoch: int, epochs: int, steps: int, *, label: str = "") -> None:
         pass
 
     def advance(self, steps: int, loss: float, accuracy: float, images_per_s: float) -> None:
         pass
 
-    def end_epoch(self, metrics: EpochMetrics) -> None:
+    def end_epoch(self, metrics: EpochMetrics, *, label: str = "") -> None:
         self.ended.append(metrics.epoch)
 
 

@@ -21,6 +21,7 @@ from micronet_score.compress.models import DenseNet
 from micronet_score.compress.train import (
     DistillConfig,
     EpochMetrics,
+    Labelled,
     RichProgress,
     TrainConfig,
     distill,
@@ -45,14 +46,14 @@ class Recorder:
         self.calls: list[tuple[object, ...]] = []
         self.stop_after = stop_after
 
-    def start_epoch(self, epoch: int, epochs: int, steps: int) -> None:
-        self.calls.append(("start", epoch, epochs, steps))
+    def start_epoch(self, epoch: int, epochs: int, steps: int, *, label: str = "") -> None:
+        self.calls.append(("start", epoch, epochs, steps, *([label] if label else [])))
 
     def advance(self, steps: int, loss: float, accuracy: float, images_per_s: float) -> None:
         self.calls.append(("advance", steps))
 
-    def end_epoch(self, metrics: EpochMetrics) -> None:
-        self.calls.append(("end", metrics.epoch))
+    def end_epoch(self, metrics: EpochMetrics, *, label: str = "") -> None:
+        self.calls.append(("end", metrics.epoch, *([label] if label else [])))
         if metrics.epoch == self.stop_after:
             raise Interrupted
 
@@ -245,10 +246,29 @@ def test_rich_progress_prints_one_line_per_epoch(
         result = train(tiny_densenet(0), *synthetic_loaders, TrainConfig(epochs=2, device="cpu"),
                        progress=progress)
     lines = [line for line in output.getvalue().splitlines() if line]  # the bar leaves blanks
-    assert [line.split("  ")[0] for line in lines] == ["epoch 1", "epoch 2"]
+    assert [line.split("  ")[0] for line in lines] == ["epoch 1/2", "epoch 2/2"]
     for line, metrics in zip(lines, result.history, strict=True):
         assert f"loss {metrics.loss:.4f}  train {metrics.train_acc:.2%}" in line
         assert f"test {metrics.test_acc:.2%}" in line
+
+
+def test_a_labelled_progress_names_and_counts_one_epoch_runs(
+    tiny_densenet: MakeModel, synthetic_loaders: tuple[Loader, Loader]
+) -> None:
+    """Pruning retrains one epoch per `train` call: each line must say which step and which of
+    its epochs, not "epoch 1" every time."""
+    output, recorder = io.StringIO(), Recorder()
+    shown = RichProgress(Console(file=output, width=200))  # never started, as off a terminal
+    model, cfg = tiny_densenet(0), TrainConfig(epochs=1, device="cpu")
+    for progress in (shown, recorder):
+        for epoch in (1, 2):
+            labelled = Labelled(progress, "step 3/10 (sparsity 27.1%)", epoch, 5)
+            train(model, *synthetic_loaders, cfg, progress=labelled)
+    lines = [line.split("  ")[0] for line in output.getvalue().splitlines() if line]
+    assert lines == ["step 3/10 (sparsity 27.1%) epoch 1/5", "step 3/10 (sparsity 27.1%) epoch 2/5"]
+    label = "step 3/10 (sparsity 27.1%)"
+    assert recorder.calls == [("start", 1, 5, 2, label), ("advance", 2), ("end", 1, label),
+                              ("start", 2, 5, 2, label), ("advance", 2), ("end", 2, label)]
 
 
 def test_configs_reject_bad_values() -> None:
