@@ -54,6 +54,14 @@ def read_yaml(path: Path) -> Any:
     return _parse(_read_bounded(path, where), where)
 
 
+def parse_yaml(text: str, where: str) -> Any:
+    """`text` (an option's value, say) read as `read_yaml` reads a file; `where` names it in
+    errors. The result is the caller's own to modify."""
+    import copy
+
+    return copy.deepcopy(_parse(text.encode("utf-8", "surrogatepass"), where))
+
+
 def _read_bounded(path: Path, where: str) -> bytes:
     # O_NONBLOCK: opening a FIFO must not wait for a writer; fstat on the open file then refuses it
     # without the race a stat-before-open would leave.

@@ -103,18 +103,16 @@ def _table(candidates: Sequence[Candidate]) -> str:
 
 
 def parse_settings(pairs: Sequence[str]) -> dict[str, Any]:
-    """``KEY=VALUE`` pairs, each value read as YAML (``0.5``, ``adam``, ``[dense1, trans3]``)."""
-    import yaml
+    """``KEY=VALUE`` pairs, each value read as YAML (``0.5``, ``adam``, ``[dense1, trans3]``)
+    by the same hostile-input-safe reader as rule files."""
+    from micronet_score.safe_yaml import parse_yaml
 
     settings: dict[str, Any] = {}
     for pair in pairs:
         key, sep, text = pair.partition("=")
         if not sep or not key.strip():
             raise UserError(f"malformed --set '{pair}': expected KEY=VALUE, e.g. lr=0.01")
-        try:
-            settings[key.strip()] = yaml.safe_load(text)
-        except yaml.YAMLError as error:
-            raise UserError(f"malformed --set '{pair}': {error}".splitlines()[0]) from error
+        settings[key.strip()] = parse_yaml(text, f"--set '{pair}'")
     return settings
 
 

@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import torch
-import yaml
 from torch import nn
 
 from micronet_score.api import score_model
@@ -61,6 +60,7 @@ from micronet_score.compress.train import (
 from micronet_score.errors import UserError
 from micronet_score.report import Report
 from micronet_score.rules import load_baseline, load_rules
+from micronet_score.safe_yaml import read_yaml
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 RESULT_FILE = "result.json"
@@ -239,10 +239,10 @@ def load_recipe(spec: str | Path) -> Recipe:
                 f"{', '.join(bundled_recipes())}"
             )
         path = RECIPES_DIR / f"{spec}.yaml"
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as error:
-        raise RecipeError(f"cannot read {path}: {error}".splitlines()[0]) from error
+    try:  # the scorer's hostile-file-safe reader: no aliases, tags, duplicate keys, huge files
+        data = read_yaml(path)
+    except UserError as error:
+        raise RecipeError(str(error)) from error
     return parse_recipe(data, str(path), default_name=path.stem)
 
 

@@ -200,3 +200,14 @@ def test_every_retraining_line_of_a_prune_names_its_step(
         "step 2/2 (sparsity 50.0%) epoch 1/2" + rest.format("70.00%"),
     ]
     assert "prune: 2 steps: 30.0% at 60.00%; 50.0% at 70.00%" in result.stderr.splitlines()
+
+
+def test_set_values_are_read_by_the_safe_yaml_reader() -> None:
+    from micronet_score.compress.cli import parse_settings
+    from micronet_score.errors import UserError
+
+    assert parse_settings(["lr=0.01", "skip=[dense1, trans3]"]) == {
+        "lr": 0.01, "skip": ["dense1", "trans3"]
+    }
+    with pytest.raises(UserError, match="anchors and aliases"):
+        parse_settings(["skip=&a [x]"])

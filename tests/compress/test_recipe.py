@@ -388,3 +388,17 @@ def test_a_pt2e_stage_saves_a_program_the_scorer_reads(
     result = CliRunner().invoke(score_app, [quantized.file, *quantized.score_args,
                                             "--format", "json"])
     assert json.loads(result.stdout)["score"] == pytest.approx(quantized.score, rel=1e-12)
+
+
+def test_a_recipe_file_is_read_as_hostile(tmp_path: Path) -> None:
+    """Recipes are user files: an alias bomb or a Python tag is refused in one line, unexpanded."""
+    from micronet_score.compress.recipe import RecipeError, load_recipe
+
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("a: &a [1, 1, 1, 1]\nb: &b [*a, *a, *a, *a]\nc: [*b, *b, *b, *b]\n")
+    with pytest.raises(RecipeError, match="anchors and aliases"):
+        load_recipe(bomb)
+    tagged = tmp_path / "tagged.yaml"
+    tagged.write_text("model: !!python/name:os.system densenet121_gr4\nstages: [train]\n")
+    with pytest.raises(RecipeError, match="python"):
+        load_recipe(tagged)
