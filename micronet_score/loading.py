@@ -1,7 +1,9 @@
 """Load what the user points at: an exported program, a pickle, a state_dict, or a factory.
 
-Pickles are opened with `weights_only=True`, which refuses to run code; a pickled module needs the
-user's explicit `trust=True`. Every failure becomes one UserError line saying what to do.
+Nothing from a file runs unless the user passes `trust=True`: a `.pt2` goes through the checked
+reader in `pt2.py`, pickles are opened with `weights_only=True` (a refused global is named). A
+path that is no regular file is read into a bounded copy first. Every failure becomes one
+UserError line saying what to do.
 """
 
 from __future__ import annotations
