@@ -8,6 +8,7 @@ functions over one private builder, so a name fully determines an architecture.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -22,12 +23,25 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
 
 def register_model(fn: ModelFn) -> ModelFn:
-    """Register ``fn`` under its own name, so the name used on the command line is the code's."""
+    """Register ``fn`` under its own name, so the name used on the command line is the code's.
+
+    Every registered builder also takes ``seed``: given, the weights are initialised from that
+    seed without touching the global random state, so a figure computed from random weights
+    (which are now and then exactly zero) is the same on every run."""
     name = fn.__name__
     if name in _REGISTRY:
         raise ValueError(f"model {name!r} is already registered")
-    _REGISTRY[name] = fn
-    return fn
+
+    @functools.wraps(fn)
+    def build(*args: Any, seed: int | None = None, **kwargs: Any) -> nn.Module:
+        if seed is None:
+            return fn(*args, **kwargs)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return fn(*args, **kwargs)
+
+    _REGISTRY[name] = build
+    return build  # type: ignore[return-value]
 
 
 def list_models() -> list[str]:

@@ -140,3 +140,20 @@ def test_unknown_and_duplicate_names() -> None:
 
     with pytest.raises(ValueError, match="already registered"):
         register_model(resnet18)
+
+
+def test_a_seed_makes_a_builder_reproducible_without_touching_the_global_rng() -> None:
+    import torch
+
+    from micronet_score.compress.models import create_model, resnet18
+
+    torch.manual_seed(123)
+    state = torch.random.get_rng_state()
+    a = create_model("densenet121_gr4", seed=0).state_dict()
+    b = resnet18(seed=0).state_dict()
+    assert torch.equal(torch.random.get_rng_state(), state)
+    again = create_model("densenet121_gr4", seed=0).state_dict()
+    assert all(torch.equal(a[k], again[k]) for k in a)
+    other = create_model("densenet121_gr4", seed=1).state_dict()
+    assert not torch.equal(a["conv1.weight"], other["conv1.weight"])
+    assert b["conv1.weight"].shape == (64, 3, 3, 3)
