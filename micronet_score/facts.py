@@ -6,10 +6,10 @@ Formulas only see these facts, so the same formula serves `nn.Conv2d`, `F.conv2d
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import math
 import re
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cache
@@ -186,14 +186,11 @@ def _written_as_module(node: torch.fx.Node, kind: OpKind | None) -> bool:
 
 @cache
 def _torch_class(qualified_name: str) -> type | None:
-    """Resolve a recorded class name, only inside torch (never importing anything else)."""
+    """Resolve a recorded class name among torch modules already imported: the name may come
+    from a file (an exported program's metadata), and must never make us import anything."""
     module_name, _, name = qualified_name.rpartition(".")
-    if not module_name.startswith("torch."):
-        return None
-    try:
-        value = getattr(importlib.import_module(module_name), name, None)
-    except ImportError:
-        return None
+    module = sys.modules.get(module_name) if module_name.startswith("torch.") else None
+    value = getattr(module, name, None) if module is not None else None
     return value if isinstance(value, type) else None
 
 

@@ -18,6 +18,7 @@ import _compat_pickle
 import contextlib
 import io
 import logging
+import math
 import pickletools
 import re
 import warnings
@@ -86,7 +87,24 @@ def load(path: Path) -> ExportedProgram:
                 from error
     if tree_structure(inputs) != loaded.call_spec.in_spec:  # .module() would fail on them
         raise _refused(path, _INPUTS, "does not match the inputs the program takes")
+    _check_stored_shapes(path, loaded)
     return loaded
+
+
+def _check_stored_shapes(path: Path, program: ExportedProgram) -> None:
+    """Each stored tensor has the shape and dtype the graph was traced with: torch's
+    deserializer does not check, and a weight of another shape would be counted as it is."""
+    values = {n.name: n.meta.get("val") for n in program.graph.nodes if n.op == "placeholder"}
+    stored = {**program.state_dict, **program.constants}
+    for spec in program.graph_signature.input_specs:
+        target, traced = spec.target, values.get(spec.arg.name) if spec.arg else None
+        tensor = stored.get(target) if target is not None else None
+        if not isinstance(tensor, torch.Tensor) or not isinstance(traced, torch.Tensor):
+            continue
+        if tuple(tensor.shape) != tuple(traced.shape) or tensor.dtype != traced.dtype:
+            raise _refused(path, _CONFIGS[_WEIGHTS], f"'{target}' is stored as "
+                           f"{tensor.dtype} {list(tensor.shape)} but the graph reads "
+                           f"{traced.dtype} {list(traced.shape)}")
 
 
 def load_trusted(path: Path) -> ExportedProgram:
@@ -313,10 +331,18 @@ def _tensor_meta(path: Path, member: str, payload: schema.PayloadMeta
 
 
 def _bytes_reached(path: Path, member: str, payload: schema.PayloadMeta) -> int:
+    """Bytes of storage the tensor's view reaches. A view whose elements outnumber the values
+    it reaches (a stride of 0, overlapping strides) is refused: a few stored bytes would stand
+    for a tensor of any size, and counting its zeros would take as long as that size."""
     dtype, _, sizes, strides, offset = _tensor_meta(path, member, payload)
+    if any(n < 0 for n in sizes) or any(s < 0 for s in strides) or offset < 0:
+        raise _refused(path, member, "has a negative size, stride or offset")
     if not all(sizes):
         return 0
     last = offset + sum((n - 1) * s for n, s in zip(sizes, strides, strict=True))
+    if math.prod(sizes) > last + 1 - offset:
+        raise _refused(path, member, f"describes {math.prod(sizes):,} elements over "
+                       f"{last + 1 - offset:,} stored values (an expanded or overlapping view)")
     return (last + 1) * torch.empty((), dtype=dtype).element_size()
 
 

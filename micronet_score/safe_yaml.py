@@ -108,6 +108,9 @@ def _parse(data: bytes, where: str) -> Any:
             loader.dispose()
 
 
+_SIXTY = frozenset({_CORE + "int", _CORE + "float"})
+
+
 def _one_line(text: str) -> str:
     return " ".join(text.split())
 
@@ -146,6 +149,11 @@ class _StrictLoader(yaml.SafeLoader):
             raise self.refuse(node, f"the tag {tag[:60]!r} is not allowed; write plain values")
         if isinstance(node, MappingNode):
             self.paths[id(node)] = path
+        if isinstance(node, ScalarNode) and node.tag in _SIXTY and ":" in node.value:
+            # YAML 1.1 reads 190:20:30 as 685230 (base 60); YAML 1.2 dropped it, and in a
+            # rule file it can only be a typo
+            raise self.refuse(node, f"'{node.value[:40]}' is a base-60 number in YAML 1.1; "
+                                    "write the number in decimal, or quote it")
         return node
 
     def construct_mapping(self, node: MappingNode, deep: bool = False) -> dict[Any, Any]:

@@ -438,3 +438,49 @@ def test_a_pt2e_program_scores_as_before_and_loads_in_a_fresh_process(tmp_path: 
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["score"] == before[0]
+
+
+def _retyped_weight(corpus: Corpus, sizes: list[int], strides: list[int], data: bytes
+                    ) -> Callable[[Files], None]:
+    """The linear layer's weight (fc.weight, 2x4 float32) described with other sizes/strides."""
+    def change(files: Files) -> None:
+        config_name = "data/weights/model_weights_config.json"
+        config = json.loads(files[config_name])
+        meta = config["config"]["fc.weight"]
+        meta["tensor_meta"]["sizes"] = [{"as_int": n} for n in sizes]
+        meta["tensor_meta"]["strides"] = [{"as_int": s} for s in strides]
+        files[config_name] = json.dumps(config).encode()
+        files[f"data/weights/{meta['path_name']}"] = data
+    return change
+
+
+def test_an_expanded_weight_is_refused_before_any_work(
+    corpus: Corpus, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # 8 stored values described as 2**40 rows by a stride of 0: counting its zeros would walk
+    # 8.8e12 elements (about 15 minutes) from a file of a few kB.
+    path = corpus.write("expanded", _retyped_weight(corpus, [2**40, 4], [0, 1], bytes(16)))
+    message = refused(path, capfd)
+    assert "describes 4,398,046,511,104 elements over 4 stored values" in message
+
+
+def test_a_weight_of_another_shape_than_the_graph_reads_is_refused(
+    corpus: Corpus, capfd: pytest.CaptureFixture[str]
+) -> None:
+    path = corpus.write("reshaped", _retyped_weight(corpus, [5, 4], [4, 1], bytes(80)))
+    message = refused(path, capfd)
+    assert "'fc.weight' is stored as torch.float32 [5, 4] but the graph reads torch.float32 [2, 4]" \
+        in message
+
+
+def test_class_names_recorded_in_a_program_never_import_a_module() -> None:
+    """An exported program's `nn_module_stack` names classes; a tampered one could name any
+    torch module and make the scorer import it (torch._inductor pulls in about 970 modules)."""
+    from micronet_score.facts import _torch_class
+
+    name = "torch.utils.bottleneck"
+    if name in sys.modules:
+        pytest.skip(f"{name} is already imported in this process")
+    assert _torch_class(f"{name}.Anything") is None
+    assert name not in sys.modules
+    assert _torch_class("torch.nn.modules.conv.Conv2d") is nn.Conv2d

@@ -91,9 +91,10 @@ RULE_CASES = {
         rules_with("accumulator_bits: 32", "accumulator_bits: " + "9" * 80),
         "'accumulator_bits' must be a whole number from 1 to 64, got " + "9" * 57 + "...",
     ),
-    "sexagesimal_int": (  # YAML 1.1 reads 1:59:59 as 7199, of any size: shown without digits
+    "sexagesimal_int": (  # YAML 1.1 reads 1:59:59 as 7199, of any size: refused as a typo
         rules_with("accumulator_bits: 32", "accumulator_bits: 1" + ":59" * 3000),
-        "'accumulator_bits' must be a whole number from 1 to 64, got a number of 4431 hex digits",
+        "'1" + ":59" * 13 + "' is a base-60 number in YAML 1.1; write the number in decimal, "
+        "or quote it (line 18)",
     ),
     "digits_beyond_python": (
         rules_with("accumulator_bits: 32", "accumulator_bits: " + "9" * 5000),
@@ -519,3 +520,14 @@ def test_mutated_rule_files_through_the_cli(tmp_path: Path, factory: str) -> Non
     check()
     print(f"CLI runs by exit code: {dict(outcomes)}")
     assert outcomes[2] > 0 and outcomes[0] + outcomes[1] > 0
+
+
+def test_base_60_numbers_are_refused() -> None:
+    """YAML 1.1 reads `params: 190:20:30` as 685230; a rule value written so is a typo."""
+    from micronet_score.safe_yaml import parse_yaml
+
+    with pytest.raises(UserError, match="base-60 number"):
+        parse_yaml("params: 190:20:30\n", "baseline.yaml")
+    assert parse_yaml("params: '190:20:30'\nops: 0x10\n", "baseline.yaml") == {
+        "params": "190:20:30", "ops": 16
+    }

@@ -58,7 +58,7 @@ from micronet_score.compress.train import (
     train,
 )
 from micronet_score.errors import UserError
-from micronet_score.report import Report
+from micronet_score.results import Report
 from micronet_score.rules import load_baseline, load_rules
 from micronet_score.safe_yaml import read_yaml
 
@@ -243,7 +243,9 @@ def load_recipe(spec: str | Path) -> Recipe:
         data = read_yaml(path)
     except UserError as error:
         raise RecipeError(str(error)) from error
-    return parse_recipe(data, str(path), default_name=path.stem)
+    # A file name may hold anything; the run folder's name may not (see _check_recipe).
+    default = re.sub(r"[^A-Za-z0-9_.-]", "_", path.stem).lstrip("._-") or "run"
+    return parse_recipe(data, str(path), default_name=default)
 
 
 def parse_recipe(data: object, source: str, *, default_name: str = "run") -> Recipe:
@@ -279,8 +281,19 @@ def build_model(name: str, model_args: Mapping[str, Any], num_classes: int) -> n
         raise RecipeError(message) from error
 
 
+_MAX_WORKERS = 64  # data-loading processes: more only exhausts the machine's process table
+
+
 def _check_recipe(recipe: Recipe, source: str) -> None:
     """Everything that can be checked without data: the models are built once to be sure."""
+    if not _STAGE_NAME.fullmatch(recipe.name):  # it names the run folder: no '..' or '/'
+        raise RecipeError(f"{source}: 'name' must be letters, digits, '_', '.' or '-', "
+                          f"starting with a letter or digit (got {recipe.name!r})")
+    if not 0 <= recipe.num_workers <= _MAX_WORKERS:
+        raise RecipeError(f"{source}: 'num_workers' must be from 0 to {_MAX_WORKERS}, "
+                          f"got {recipe.num_workers}")
+    if not 0 <= recipe.seed < 2**63:  # what torch.manual_seed takes
+        raise RecipeError(f"{source}: 'seed' must be from 0 to 2**63 - 1, got {recipe.seed}")
     if recipe.dataset not in DATASETS:
         raise RecipeError(
             f"{source}: unknown dataset '{recipe.dataset}'; choose one of: {', '.join(DATASETS)}"

@@ -402,3 +402,31 @@ def test_a_recipe_file_is_read_as_hostile(tmp_path: Path) -> None:
     tagged.write_text("model: !!python/name:os.system densenet121_gr4\nstages: [train]\n")
     with pytest.raises(RecipeError, match="python"):
         load_recipe(tagged)
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("name: ../../escaped", "'name' must be letters"),
+        ("num_workers: 100000", "'num_workers' must be from 0 to 64"),
+        ("seed: 100000000000000000000000", "'seed' must be from 0 to 2**63 - 1"),
+    ],
+)
+def test_recipe_values_that_would_escape_or_exhaust_are_refused(
+    tmp_path: Path, line: str, message: str
+) -> None:
+    from micronet_score.compress.recipe import RecipeError, load_recipe
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"model: densenet121_gr4\ndataset: digits\n{line}\n"
+                      "stages:\n  - {stage: train, epochs: 1}\n")
+    with pytest.raises(RecipeError, match=re.escape(message)):
+        load_recipe(recipe)
+
+
+def test_a_recipe_file_name_never_makes_an_unsafe_run_folder(tmp_path: Path) -> None:
+    from micronet_score.compress.recipe import load_recipe
+
+    odd = tmp_path / "..my recipe (v2).yaml"
+    odd.write_text("model: densenet121_gr4\ndataset: digits\nstages:\n  - {stage: train}\n")
+    assert load_recipe(odd).name == "my_recipe__v2_"
