@@ -469,8 +469,8 @@ def test_a_weight_of_another_shape_than_the_graph_reads_is_refused(
 ) -> None:
     path = corpus.write("reshaped", _retyped_weight(corpus, [5, 4], [4, 1], bytes(80)))
     message = refused(path, capfd)
-    assert "'fc.weight' is stored as torch.float32 [5, 4] but the graph reads torch.float32 [2, 4]" \
-        in message
+    assert ("'fc.weight' is stored as torch.float32 [5, 4] but the graph reads "
+            "torch.float32 [2, 4]") in message
 
 
 def test_class_names_recorded_in_a_program_never_import_a_module() -> None:
