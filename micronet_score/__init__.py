@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from micronet_score.api import score_model
     from micronet_score.errors import UserError
     from micronet_score.loading import load_model
-    from micronet_score.report import Report
+    from micronet_score.results import Report
 
 
 def __getattr__(name: str) -> Any:
@@ -28,7 +28,7 @@ def __getattr__(name: str) -> Any:
 
         return load_model
     if name == "Report":
-        from micronet_score.report import Report
+        from micronet_score.results import Report
 
         return Report
     if name == "UserError":

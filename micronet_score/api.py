@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 from collections.abc import Iterator, Mapping, Sequence
 
@@ -13,9 +14,10 @@ from micronet_score.bits import declarations
 from micronet_score.count import count, summarize
 from micronet_score.errors import UserError
 from micronet_score.graph import trace
+from micronet_score.input_fit import fit_warnings, fixed_shape_explained
 from micronet_score.limits import MAX_INPUT_ELEMENTS, check_input_elements
 from micronet_score.loading import from_exported
-from micronet_score.report import Report
+from micronet_score.results import Report
 from micronet_score.rules import Baseline, RuleSet, load_baseline, load_rules
 
 
@@ -56,8 +58,9 @@ def score_model(
         )
     check_input_elements(shape, max_input_elements)
     declared = declarations(bits, weight_bits, act_bits)
-    with _collector_paused():
+    with _collector_paused(), fixed_shape_explained(model, shape):
         counts = count(trace(model, shape, input_dtype), rule_set, declared, accumulator_bits)
+        counts = dataclasses.replace(counts, warnings=counts.warnings + fit_warnings(counts, base))
         return summarize(counts, rule_set, base, freebie)
 
 

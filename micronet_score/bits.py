@@ -7,14 +7,15 @@ wins, so a broad declaration can be refined by a narrower one after it.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from fnmatch import fnmatchcase
 
 import torch
 
-from micronet_score.errors import UserError
+# Parsed without torch (the command line checks them before any work); re-exported here.
+from micronet_score.bit_declarations import BitsDeclaration as BitsDeclaration
+from micronet_score.bit_declarations import declarations as declarations
+from micronet_score.bit_declarations import parse_declaration as parse_declaration
 
 _DTYPE_BITS: dict[torch.dtype, int] = {
     torch.float64: 64,
@@ -31,19 +32,6 @@ _DTYPE_BITS: dict[torch.dtype, int] = {
     torch.bool: 1,
 }
 QUANTIZED = frozenset({torch.qint8, torch.quint8, torch.qint32})
-_DECLARATION = re.compile(r"^(?P<pattern>[^=]+)=(?P<weight>\d+)(?:/(?P<act>\d+))?$")
-
-
-@dataclass(frozen=True)
-class BitsDeclaration:
-    """Bits declared for the modules matching `pattern`; None leaves that part to the tensors."""
-
-    pattern: str
-    weight: int | None
-    act: int | None
-
-    def matches(self, path: str) -> bool:
-        return fnmatchcase(path, self.pattern) or fnmatchcase(path, f"{self.pattern}.*")
 
 
 def dtype_bits(dtype: torch.dtype) -> int:
@@ -52,47 +40,6 @@ def dtype_bits(dtype: torch.dtype) -> int:
 
 def _width(dtype: torch.dtype, default_bits: int) -> int:
     return default_bits if dtype == torch.float32 else dtype_bits(dtype)
-
-
-def parse_declaration(text: str) -> BitsDeclaration:
-    """Parse `PATTERN=W` or `PATTERN=W/A`, e.g. `dense3=8/8` or `*.conv2=4`.
-
-    Without `/A` only the weights are declared; activations keep the width their tensors have.
-    """
-    match = _DECLARATION.match(text.strip())
-    if match is None:
-        raise UserError(
-            f"malformed bit declaration '{text}': expected PATTERN=W or PATTERN=W/A, "
-            "e.g. --bits 'dense3=8/8'"
-        )
-    weight = _check_width(int(match["weight"]), text)
-    act = _check_width(int(match["act"]), text) if match["act"] else None
-    return BitsDeclaration(match["pattern"].strip(), weight, act)
-
-
-def _check_width(bits: int, text: str) -> int:
-    if not 1 <= bits <= 64:
-        raise UserError(f"bit width out of range in '{text}': use 1 to 64 bits")
-    return bits
-
-
-def declarations(
-    bits: Sequence[str] | Mapping[str, str | int] | None,
-    weight_bits: int | None = None,
-    act_bits: int | None = None,
-) -> tuple[BitsDeclaration, ...]:
-    """All declarations in priority order (later wins); global widths come first."""
-    found: list[BitsDeclaration] = []
-    if weight_bits is not None or act_bits is not None:
-        for value in (weight_bits, act_bits):
-            if value is not None:
-                _check_width(value, str(value))
-        found.append(BitsDeclaration("*", weight_bits, act_bits))
-    if isinstance(bits, Mapping):
-        found.extend(parse_declaration(f"{pattern}={value}") for pattern, value in bits.items())
-    elif bits is not None:
-        found.extend(parse_declaration(text) for text in bits)
-    return tuple(found)
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,10 @@
     micronet-score rules                  the rule sets and baselines
 
 Exit codes: 0 scored (and within --max-score), 1 above --max-score, 2 bad input or usage.
+Every option that can be checked without the model (rule set, baseline, shape, bits, JSON, the
+output file) is checked before torch is imported or a model loaded, so a typo costs no wait.
 torch is imported only inside the commands that need it, and rich only to draw tables and status
-lines, so `--help` and `rules` stay instant.
+lines, so `--help` and `rules` stay instant. The --format choices come from report.FORMATS.
 """
 
 from __future__ import annotations
@@ -14,18 +16,24 @@ from __future__ import annotations
 import contextlib
 import math
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
-from micronet_score import __version__
+from micronet_score.cli_options import (
+    COMMON,
+    SETTINGS,
+    Common,
+    InputDtype,
+    Settings,
+    with_options,
+)
 from micronet_score.cli_support import (
-    EXIT_OK,
     EXIT_OVER_BUDGET,
+    check_writable,
     fail,
     guarded,
     input_files,
@@ -36,46 +44,36 @@ from micronet_score.cli_support import (
     write_report,
 )
 from micronet_score.errors import UserError
-from micronet_score.limits import MAX_INPUT_ELEMENTS
+from micronet_score.report import FORMATS, compare_formats, score_formats
+from micronet_score.views import SORTS
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
 
-    from micronet_score.report import Report, View
+    from micronet_score.results import Report
+    from micronet_score.rules import Baseline, RuleSet
+
+    ScoreFormat = str
+    CompareFormat = str
+    SortOrder = str
+else:  # typer offers a Literal's values as the choices
+    ScoreFormat = Literal[tuple(score_formats())]
+    CompareFormat = Literal[tuple(compare_formats())]
+    SortOrder = Literal[SORTS]
 
 Progress = Callable[[str], None]
-
-
-class OutputFormat(str, Enum):
-    table = "table"
-    json = "json"
-    csv = "csv"
-    markdown = "markdown"
-
-
-class CompareFormat(str, Enum):
-    table = "table"
-    json = "json"
-    markdown = "markdown"
-
-
-class SortOrder(str, Enum):
-    order = "order"
-    score = "score"
-
 
 score_app = typer.Typer(add_completion=False, rich_markup_mode=None)
 compare_app = typer.Typer(add_completion=False, rich_markup_mode=None)
 rules_app = typer.Typer(add_completion=False, rich_markup_mode=None)
 
 
-def _version(value: bool) -> None:
-    if value:
-        typer.echo(f"micronet-score {__version__}")
-        raise typer.Exit(EXIT_OK)
+def _format_help(names: Sequence[str]) -> str:
+    return "Output format: " + ", ".join(f"{name} ({FORMATS[name].help})" for name in names) + "."
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
+    """`3,32,32` or `3x32x32` (without the batch). Raises UserError when malformed."""
     try:
         shape = tuple(int(part) for part in text.replace("x", ",").split(","))
     except ValueError:
@@ -87,34 +85,38 @@ def parse_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
-class InputDtype(str, Enum):
-    auto = "auto"
-    float32 = "float32"
-    float16 = "float16"
-    bfloat16 = "bfloat16"
-    int64 = "int64"
-
-
 @dataclass(frozen=True)
-class Settings:
-    """How to load and count a model: the options `score` and `compare` share."""
+class Plan:
+    """Settings checked before any model is loaded: the rule set and baseline loaded, the shape
+    and the --arch-kwargs parsed, the bit declarations and the output file checked."""
 
-    rules: str = "micronet"
-    baseline: str | None = None
-    input_shape: str | None = None
-    bits: tuple[str, ...] = ()
-    weight_bits: int | None = None
-    act_bits: int | None = None
-    accumulator_bits: int | None = None
-    freebie: bool = True
-    arch: str | None = None
-    arch_kwargs: str | None = None
-    trust: bool = False
-    input_dtype: InputDtype = InputDtype.auto
-    max_input_elements: int = MAX_INPUT_ELEMENTS
+    settings: Settings
+    rules: RuleSet
+    baseline: Baseline
+    input_shape: tuple[int, ...] | None
+    arch_kwargs: dict[str, Any]
 
 
-def analyse(spec: str, settings: Settings, progress: Progress = lambda _: None) -> Report:
+def plan(settings: Settings, output: Path | None, models: Sequence[str]) -> Plan:
+    """Check every option that needs no model, without importing torch. Raises UserError."""
+    from micronet_score.bit_declarations import declarations
+    from micronet_score.limits import check_input_elements
+    from micronet_score.rules import load_baseline, load_rules
+
+    rule_set = load_rules(settings.rules)
+    baseline = load_baseline(settings.baseline or rule_set.default_baseline)
+    shape = parse_shape(settings.input_shape) if settings.input_shape is not None else None
+    if shape is not None:
+        check_input_elements(shape, settings.max_input_elements)
+    declarations(settings.bits, settings.weight_bits, settings.act_bits)
+    kwargs = parse_json_object(settings.arch_kwargs, "--arch-kwargs")
+    check_writable(output)
+    specs = (*models, settings.arch, settings.rules, settings.baseline)
+    refuse_overwriting_inputs(output, input_files(specs))
+    return Plan(settings, rule_set, baseline, shape, kwargs)
+
+
+def analyse(spec: str, checked: Plan, progress: Progress = lambda _: None) -> Report:
     """Load the model `spec` points at and score it."""
     progress(f"loading {spec}")
     import torch
@@ -122,17 +124,17 @@ def analyse(spec: str, settings: Settings, progress: Progress = lambda _: None) 
     from micronet_score.api import score_model
     from micronet_score.loading import load_model
 
+    settings = checked.settings
     dtype = settings.input_dtype
-    shape = parse_shape(settings.input_shape) if settings.input_shape else None
-    kwargs = parse_json_object(settings.arch_kwargs, "--arch-kwargs")
-    loaded = load_model(spec, arch=settings.arch, arch_kwargs=kwargs, trust=settings.trust)
+    loaded = load_model(spec, arch=settings.arch, arch_kwargs=checked.arch_kwargs,
+                        trust=settings.trust)
     progress(f"tracing and counting {spec}")
     return score_model(
         loaded.module,
-        input_shape=shape or loaded.recorded_shape,
-        rules=settings.rules,
-        baseline=settings.baseline,
-        bits=list(settings.bits),
+        input_shape=checked.input_shape or loaded.recorded_shape,
+        rules=checked.rules,
+        baseline=checked.baseline,
+        bits=list(settings.bits or ()),
         weight_bits=settings.weight_bits,
         act_bits=settings.act_bits,
         accumulator_bits=settings.accumulator_bits,
@@ -166,115 +168,45 @@ def _stdout_console() -> Console:
     return PipeAwareConsole(highlight=False, emoji=False)
 
 
-def _print(console: Console, parts: list[RenderableType]) -> None:
-    from rich.text import Text
-
-    for part in parts:
-        console.print(part, soft_wrap=isinstance(part, Text))
-
-
 def _unicode(console: Console) -> bool:
     return console.encoding.lower().replace("-", "").startswith("utf")
 
 
-def render(report: Report, output_format: OutputFormat, view: View | None = None,
-           width: int = 100) -> str:
-    """The report as text in one of the formats (the table in plain text, `width` wide)."""
-    from micronet_score import report as formats
+def _show(draw: Callable[[int, bool], Sequence[RenderableType]]) -> None:
+    """Draw a table on stdout: in colour on a terminal, else as plain text without trailing
+    spaces, as wide as the terminal (or COLUMNS, else 80)."""
+    from rich.text import Text
 
-    view = view or formats.View()
-    if output_format is OutputFormat.table:
-        return formats.to_text(report, view, width)
-    if output_format is OutputFormat.markdown:
-        return formats.to_markdown(report, view)
-    if output_format is OutputFormat.csv:
-        return formats.to_csv(report)
-    return formats.to_json(report)
+    from micronet_score.report import render_plain
 
-
-def _write(debug: bool, output: Path, text: str) -> None:
-    guarded(debug, lambda: write_report(output, text))
+    console = _stdout_console()
+    parts = draw(console.width, _unicode(console))
+    if not console.is_terminal:
+        typer.echo(render_plain(parts, console.width), nl=False)
+        return
+    for part in parts:
+        console.print(part, soft_wrap=isinstance(part, Text))
 
 
-def _echo_notes(notes: list[str]) -> None:
-    for line in notes:
-        typer.echo(line, err=True)
+def _emit(common: Common, make: Callable[[int], str]) -> None:
+    """Write a report made at the terminal's width to --output, else to stdout."""
+    text = guarded(common.debug, lambda: make(_stdout_console().width))
+    output = common.output
+    if output is None:
+        typer.echo(text, nl=False)
+        return
+    guarded(common.debug, lambda: write_report(output, text))
 
 
-def _check_output(debug: bool, output: Path | None, settings: Settings, *models: str) -> None:
-    """Before any work: the report must not replace a file the command reads."""
-    specs = (*models, settings.arch, settings.rules, settings.baseline)
-    guarded(debug, lambda: refuse_overwriting_inputs(output, input_files(specs)))
-
-
-# Options shared by `score` and `compare`.
-BaselineOption = Annotated[
-    str | None, typer.Option(help="Baseline name or YAML path [default: the rule set's own].")
-]
-RulesOption = Annotated[str, typer.Option(help="Rule set name or YAML path.")]
-
-
-InputDtypeOption = Annotated[
-    InputDtype,
-    typer.Option(help="Type of the input: auto follows the model's weights (float32 or half); "
-                 "int64 for token ids (embeddings)."),
-]
-ShapeOption = Annotated[
-    str | None,
-    typer.Option(help="Input shape without the batch, e.g. 3,32,32 [default: the exported "
-                 "shape, else the baseline's]."),
-]
-BitsOption = Annotated[
-    list[str] | None,
-    typer.Option(help="Declare widths for modules matching a pattern: PATTERN=W[/A], e.g. "
-                 "'dense3=8/8' (covers dense3.*). Repeatable; the last match wins."),
-]
-WeightBitsOption = Annotated[int | None, typer.Option(min=1, help="Width of every weight.")]
-ActBitsOption = Annotated[int | None, typer.Option(min=1, help="Width of every activation.")]
-AccumulatorOption = Annotated[
-    int | None, typer.Option(min=1, help="Width of the adders that accumulate dot products.")
-]
-FreebieOption = Annotated[
-    bool, typer.Option("--freebie/--no-freebie", help="Allow the 16-bit freebie when eligible.")
-]
-OutputOption = Annotated[
-    Path | None, typer.Option(help="Write the report to this file instead of stdout.")
-]
-DepthOption = Annotated[
-    int | None,
-    typer.Option(min=1, help="Sum the layers by module-path prefix of N parts (1: conv1, dense1, "
-                 "trans1, ...). Table and markdown only."),
-]
-MaxElementsOption = Annotated[
-    int,
-    typer.Option(min=1, help="Refuse an input shape with more elements than this (batch of 1): "
-                 "a fallback to torch.export allocates the input for real."),
-]
-TopOption = Annotated[
-    int | None, typer.Option(min=1, help="Show only the N heaviest rows (totals cover all).")
-]
-ArchOption = Annotated[
-    str | None,
-    typer.Option(help="Factory 'file.py:function' or 'pkg.mod:function' that builds the model a "
-                 "state_dict belongs to."),
-]
-ArchKwargsOption = Annotated[str | None, typer.Option(help="JSON keyword arguments for --arch.")]
-TrustOption = Annotated[
-    bool,
-    typer.Option(help="Load pickled modules with weights_only=False. RISK: unpickling runs "
-                 "arbitrary code from the file; use only on files you trust."),
-]
-DebugOption = Annotated[bool, typer.Option(help="Show tracebacks.")]
-VersionOption = Annotated[
-    bool | None,
-    typer.Option("--version", callback=_version, is_eager=True, help="Show the version."),
-]
+def _checked(common: Common, settings: Settings, models: Sequence[str]) -> Plan:
+    return guarded(common.debug, lambda: plan(settings, common.output, models))
 
 
 @score_app.command(
     epilog="Other commands: 'micronet-score compare A B' puts two models side by side; "
     "'micronet-score rules' lists the rule sets and baselines.",
 )
+@with_options
 def score(
     model: Annotated[
         str,
@@ -284,67 +216,49 @@ def score(
             show_default=False,
         ),
     ],
-    baseline: BaselineOption = None,
-    rules: RulesOption = "micronet",
-    input_shape: ShapeOption = None,
-    input_dtype: InputDtypeOption = InputDtype.auto,
-    bits: BitsOption = None,
-    weight_bits: WeightBitsOption = None,
-    act_bits: ActBitsOption = None,
-    accumulator_bits: AccumulatorOption = None,
-    freebie: FreebieOption = True,
+    settings: Settings = SETTINGS,
     output_format: Annotated[
-        OutputFormat, typer.Option("--format", help="Output format.")
-    ] = OutputFormat.table,
-    output: OutputOption = None,
-    depth: DepthOption = None,
+        ScoreFormat, typer.Option("--format", help=_format_help(score_formats()))
+    ] = "table",
     sort: Annotated[
         SortOrder, typer.Option(help="Row order: graph order, or heaviest share of the score "
                                 "first. Table and markdown only.")
-    ] = SortOrder.order,
-    top: TopOption = None,
+    ] = "order",
+    top: Annotated[
+        int | None, typer.Option(min=1, help="Show only the N heaviest rows (totals cover all).")
+    ] = None,
     max_score: Annotated[
         float | None, typer.Option(help="Exit with code 1 when the score is above this bar.")
     ] = None,
     strict: Annotated[bool, typer.Option(help="Exit with code 2 if any op is uncounted.")] = False,
-    max_input_elements: MaxElementsOption = MAX_INPUT_ELEMENTS,
-    arch: ArchOption = None,
-    arch_kwargs: ArchKwargsOption = None,
-    trust: TrustOption = False,
-    debug: DebugOption = False,
-    version: VersionOption = None,
+    common: Common = COMMON,
 ) -> None:
     """Count a model's parameters and operations under the MicroNet rules, and score it."""
-    from micronet_score import report as formats
+    from micronet_score.report import gate, strict_failure, warning_lines
+    from micronet_score.views import View
 
-    settings = Settings(rules, baseline, input_shape, tuple(bits or ()), weight_bits, act_bits,
-                        accumulator_bits, freebie, arch, arch_kwargs, trust, input_dtype,
-                        max_input_elements)
     if max_score is not None and not (math.isfinite(max_score) and max_score >= 0):
         fail(f"--max-score must be a finite number at or above 0, got {max_score}")
-    _check_output(debug, output, settings, model)
-    with _status() as progress, torch_quiet(debug) as notes:
-        report = guarded(debug, lambda: analyse(model, settings, progress))
-    _echo_notes(notes)
-    view = formats.View(depth, sort.value, top, max_score)
-    if output_format is OutputFormat.table and output is None:
-        console = _stdout_console()
-        _print(console, formats.table_parts(report, view, console.width, _unicode(console)))
+    checked = _checked(common, settings, [model])
+    with _status() as progress, torch_quiet(common.debug) as notes:
+        report = guarded(common.debug, lambda: analyse(model, checked, progress))
+    for line in notes:
+        typer.echo(line, err=True)
+    view = View(common.depth, sort, top, max_score)
+    renderer = FORMATS[output_format]
+    parts = renderer.score_parts
+    if parts is not None and common.output is None:
+        _show(lambda width, unicode: parts(report, view, width, unicode))
     else:
-        width = _stdout_console().width if output_format is OutputFormat.table else 100
-        text = render(report, output_format, view, width)
-        if output is not None:
-            _write(debug, output, text)
-        else:
-            typer.echo(text, nl=False)
+        _emit(common, lambda width: renderer.score(report, view, width))
         sys.stdout.flush()  # the report before the lines on stderr, when both go to one place
-        for line in formats.warning_lines(report):
+        for line in warning_lines(report):
             typer.echo(line, err=True)
     sys.stdout.flush()
     if strict and report.uncounted:
-        fail(formats.strict_failure(report))
+        fail(strict_failure(report))
     if max_score is not None:
-        passed, verdict = formats.gate(report.score, max_score)
+        passed, verdict = gate(report.score, max_score)
         typer.echo(verdict, err=True)
         if not passed:
             raise typer.Exit(EXIT_OVER_BUDGET)
@@ -354,86 +268,61 @@ def score(
     epilog="Both models are loaded and counted with the same options; rows are matched by layer "
     "name (module path) and sorted by the size of their change in score.",
 )
+@with_options
 def compare(
     model_a: Annotated[str, typer.Argument(metavar="A", help="The first model (as for score).",
                                            show_default=False)],
     model_b: Annotated[str, typer.Argument(metavar="B", help="The second model.",
                                            show_default=False)],
-    baseline: BaselineOption = None,
-    rules: RulesOption = "micronet",
-    input_shape: ShapeOption = None,
-    input_dtype: InputDtypeOption = InputDtype.auto,
-    bits: BitsOption = None,
-    weight_bits: WeightBitsOption = None,
-    act_bits: ActBitsOption = None,
-    accumulator_bits: AccumulatorOption = None,
-    freebie: FreebieOption = True,
+    settings: Settings = SETTINGS,
     output_format: Annotated[
-        CompareFormat, typer.Option("--format", help="Output format.")
-    ] = CompareFormat.table,
-    output: OutputOption = None,
-    depth: DepthOption = None,
+        CompareFormat, typer.Option("--format", help=_format_help(compare_formats()))
+    ] = "table",
     top: Annotated[
         int | None, typer.Option(min=1, help="Show only the N largest changes.")
     ] = None,
-    max_input_elements: MaxElementsOption = MAX_INPUT_ELEMENTS,
-    arch: ArchOption = None,
-    arch_kwargs: ArchKwargsOption = None,
-    trust: TrustOption = False,
-    debug: DebugOption = False,
-    version: VersionOption = None,
+    common: Common = COMMON,
 ) -> None:
     """Score two models with the same options and show them side by side."""
-    from micronet_score import report as formats
+    from micronet_score.report import warning_lines
+    from micronet_score.views import compare as compare_reports
 
-    settings = Settings(rules, baseline, input_shape, tuple(bits or ()), weight_bits, act_bits,
-                        accumulator_bits, freebie, arch, arch_kwargs, trust, input_dtype,
-                        max_input_elements)
+    checked = _checked(common, settings, [model_a, model_b])
 
     def analyse_named(spec: str, label: str, progress: Progress) -> Report:
         try:
-            return analyse(spec, settings, progress)
+            return analyse(spec, checked, progress)
         except UserError as error:
             if spec in str(error):
                 raise
             raise UserError(f"{label} ({spec}): {error}") from error
 
-    _check_output(debug, output, settings, model_a, model_b)
-    with _status() as progress, torch_quiet(debug) as notes:
-        before = guarded(debug, lambda: analyse_named(model_a, "A", progress))
-        after = guarded(debug, lambda: analyse_named(model_b, "B", progress))
-    _echo_notes(notes)
-    comparison = formats.compare(before, after, (model_a, model_b), depth)
+    with _status() as progress, torch_quiet(common.debug) as notes:
+        before = guarded(common.debug, lambda: analyse_named(model_a, "A", progress))
+        after = guarded(common.debug, lambda: analyse_named(model_b, "B", progress))
+    for line in notes:
+        typer.echo(line, err=True)
+    comparison = compare_reports(before, after, (model_a, model_b), common.depth)
     sys.stdout.flush()
     for label, report in (("A", before), ("B", after)):
-        for line in formats.warning_lines(report):
+        for line in warning_lines(report):
             typer.echo(f"{label}: {line}", err=True)
-    if output_format is CompareFormat.table:
-        console = _stdout_console()
-        width = console.width
-        parts = formats.compare_parts(comparison, top, width, _unicode(console))
-        if output is None:
-            _print(console, parts)
-            return
-        text = formats.render_plain(parts, width)
-    elif output_format is CompareFormat.markdown:
-        text = formats.compare_markdown(comparison, top)
+    renderer = FORMATS[output_format]
+    parts, make = renderer.compare_parts, renderer.compare
+    assert make is not None  # the choices hold only formats that compare
+    if parts is not None and common.output is None:
+        _show(lambda width, unicode: parts(comparison, top, width, unicode))
     else:
-        text = formats.compare_json(comparison)
-    if output is not None:
-        _write(debug, output, text)
-    else:
-        typer.echo(text, nl=False)
+        _emit(common, lambda width: make(comparison, top, width))
 
 
 @rules_app.command()
 def list_rules() -> None:
     """List the rule sets and baselines available, with their figures and input shapes."""
+    from micronet_score.report import rules_listing
     from micronet_score.rules import available_baselines, available_rules, load_baseline, load_rules
 
     def describe() -> list[str]:
-        from micronet_score.report import rules_listing
-
         sets = [load_rules(name) for name in available_rules()]
         return rules_listing(
             [(r.name, r.description, r.default_baseline) for r in sets],

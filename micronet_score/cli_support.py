@@ -9,6 +9,7 @@ code, `sys.exit` called by a factory), 130 from Ctrl-C. No traceback reaches the
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import sys
@@ -26,8 +27,15 @@ EXIT_OK, EXIT_OVER_BUDGET, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def fail(message: str) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
+    error_line(message)
     raise typer.Exit(EXIT_BAD_INPUT)
+
+
+def error_line(message: str) -> None:
+    """`error: message` on stderr as exactly one line: characters that would break it (newlines,
+    and the separators `str.splitlines` honours, from a file name or an option) are escaped."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+    typer.echo(f"error: {text}", err=True)
 
 
 def one_line(error: BaseException) -> str:
@@ -41,12 +49,21 @@ def guarded(debug: bool, action: Callable[[], T]) -> T:
     """Run `action`, turning any failure into one line and exit code 2 unless --debug is given.
 
     A `SystemExit` raised inside (a user's factory or model code calling `sys.exit`) is an error
-    too: exit codes 0 and 1 belong to a completed command alone.
+    too, and so is typer's or click's `Exit` or `Abort`: no action run here gives a verdict, so
+    one of those can only come from the user's code. Exit codes 0 and 1 belong to a completed
+    command alone; Ctrl-C goes through.
     """
     try:
         return action()
-    except (typer.Exit, typer.Abort, KeyboardInterrupt):  # our verdicts, and Ctrl-C
+    except KeyboardInterrupt:
         raise
+    except (typer.Exit, typer.Abort) as error:
+        if debug:
+            raise
+        code = getattr(error, "exit_code", None)
+        fail(f"code from the model or a factory raised {type(error).__name__}"
+             f"{'' if code is None else f'({code})'}; a model must build and trace without "
+             "ending the program")
     except UserError as error:
         if debug:
             raise
@@ -85,7 +102,7 @@ def run_app(app: typer.Typer, args: list[str], prog_name: str) -> int:
             return EXIT_BAD_INPUT
         if debug:
             raise
-        typer.echo(f"error: unexpected exit ({error.code!r})", err=True)
+        error_line(f"unexpected exit ({error.code!r})")
         return EXIT_BAD_INPUT
     except BaseException as error:
         usage = getattr(error, "format_message", None)  # click's usage errors, in its own words
@@ -93,11 +110,11 @@ def run_app(app: typer.Typer, args: list[str], prog_name: str) -> int:
             typer.echo(str(usage() if callable(usage) else error).rstrip(), err=True)
             return EXIT_BAD_INPUT
         if callable(usage):
-            typer.echo(f"error: {usage()} (see '{prog_name} --help')", err=True)
+            error_line(f"{usage()} (see '{prog_name} --help')")
             return EXIT_BAD_INPUT
         if debug:
             raise
-        typer.echo(f"error: {one_line(error)} (rerun with --debug)", err=True)
+        error_line(f"{one_line(error)} (rerun with --debug)")
         return EXIT_BAD_INPUT
     return code if isinstance(code, int) else EXIT_OK
 
@@ -177,6 +194,26 @@ def refuse_overwriting_inputs(output: Path | None, inputs: Iterable[Path]) -> No
                     f"--output {output} is an input of this command ({source}); "
                     "write the report to another file"
                 )
+
+
+def check_writable(output: Path | None) -> None:
+    """Before any work: `write_report` will be able to write `output` (it is no folder, and its
+    folder exists and takes new files; a device must be writable). Raises UserError."""
+    if output is None:
+        return
+    target = output.resolve() if output.is_symlink() else output
+    if target.is_dir():
+        raise UserError(f"cannot write {output}: it is a folder; give a file name")
+    if target.exists() and not target.is_file():  # a terminal, a pipe: written directly
+        if not os.access(target, os.W_OK):
+            raise UserError(f"cannot write {output}: {os.strerror(errno.EACCES)}")
+        return
+    folder = target.parent
+    if not folder.is_dir():
+        raise UserError(f"cannot write {output}: {os.strerror(errno.ENOENT)} "
+                        f"(no folder {folder})")
+    if not os.access(folder, os.W_OK | os.X_OK):  # the new file is made in the folder
+        raise UserError(f"cannot write {output}: {os.strerror(errno.EACCES)} (folder {folder})")
 
 
 def write_report(output: Path, text: str) -> None:

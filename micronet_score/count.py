@@ -27,7 +27,7 @@ from micronet_score.formulas import (
 )
 from micronet_score.graph import TracedModel
 from micronet_score.opkinds import OpKind
-from micronet_score.report import Layer, Report, Uncounted
+from micronet_score.results import Layer, Report, Uncounted, per_example
 from micronet_score.rules import Baseline, RuleSet
 from micronet_score.sparsity import WeightStats, cheapest_storage, tensor_stats
 
@@ -432,7 +432,7 @@ def _layer(
         module=facts.module,
         op=facts.kind.value if facts.kind is not None else "",
         target=facts.target,
-        output_shape=facts.output.shape if facts.output is not None else (),
+        output_shape=per_example(facts.output.shape) if facts.output is not None else (),
         params=values,
         weight_bits=counted.bits.weight,
         act_bits=counted.bits.act,

@@ -83,12 +83,17 @@ class NodeFacts:
 
 
 def gather_facts(traced: TracedModel) -> list[NodeFacts]:
-    """Facts for every computing node, in graph order (placeholders and outputs are skipped)."""
-    return [
-        _facts(node, traced)
-        for node in traced.graph.nodes
-        if node.op in ("call_module", "call_function", "call_method")
-    ]
+    """Facts for every computing node, in graph order (placeholders and outputs are skipped).
+
+    Nodes after the output never run: the tracer leaves one there when a forward assigns a
+    traced value to an attribute (`self.n += 1` on a buffer)."""
+    facts = []
+    for node in traced.graph.nodes:
+        if node.op == "output":
+            break
+        if node.op in ("call_module", "call_function", "call_method"):
+            facts.append(_facts(node, traced))
+    return facts
 
 
 def module_path(node: torch.fx.Node) -> str:

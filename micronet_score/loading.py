@@ -2,12 +2,14 @@
 
 Nothing from a file runs unless the user passes `trust=True`: a `.pt2` goes through the checked
 reader in `pt2.py`, pickles are opened with `weights_only=True` (a refused global is named). A
-path that is no regular file is read into a bounded copy first. Every failure becomes one
-UserError line saying what to do.
+path that is no regular file is read into a bounded copy first. `pkg.mod:function` factories
+and --trust pickles also find modules in the current folder, after the installed packages. Every
+failure becomes one UserError line saying what to do.
 """
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import hashlib
 import importlib
@@ -29,6 +31,7 @@ from micronet_score.errors import UserError
 from micronet_score.limits import MAX_STREAM_BYTES
 
 _CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model")
+_MAX_SOURCE_BYTES = 1 << 22  # a .py file larger than this is not parsed for its function names
 
 
 @dataclass(frozen=True, eq=False)
@@ -53,6 +56,8 @@ def load_model(
         raise UserError(f"model file not found: {spec}")
     if path.is_dir():
         raise UserError(f"{spec} is a folder; give a model file (.pt2, .pt, .pth)")
+    if path.suffix == ".py":
+        raise UserError(python_source_advice(path, spec))
     if not path.is_file():  # a pipe or a device: no size to check, so read a bounded copy
         with _bounded_copy(path) as copy:
             try:
@@ -107,8 +112,33 @@ def _looks_like_factory(spec: str) -> bool:
     return bool(sep and module and function.isidentifier())
 
 
+def python_source_advice(path: Path, spec: str) -> str:
+    """One line for a `.py` file given where a factory is expected: how to name one, and the
+    top-level functions and classes the file defines, read with `ast` (the file is not run)."""
+    advice = f"{spec} is Python source; give the factory as {spec}:function"
+    try:
+        if not path.is_file() or path.stat().st_size > _MAX_SOURCE_BYTES:
+            return advice  # a pipe named x.py would block the read
+        tree = ast.parse(path.read_bytes(), filename=str(path))
+    except (OSError, SyntaxError, ValueError, RecursionError, MemoryError):
+        return advice
+    functions = [n.name for n in tree.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)]
+    classes = [n.name for n in tree.body if isinstance(n, ast.ClassDef)]
+    found = [f"{what} in it: {_names(names)}"
+             for what, names in (("functions", functions), ("classes", classes)) if names]
+    return f"{advice} ({'; '.join(found)})" if found else advice
+
+
+def _names(names: list[str], most: int = 8) -> str:
+    public = [n for n in names if not n.startswith("_")] or names
+    more = f" and {len(public) - most} more" if len(public) > most else ""
+    return ", ".join(public[:most]) + more
+
+
 def build_from_factory(spec: str, kwargs: Mapping[str, Any] | None = None) -> nn.Module:
     """Build a model from `file.py:function` or `package.module:function`, in eval mode."""
+    if spec.endswith(".py") and Path(spec).is_file():
+        raise UserError(python_source_advice(Path(spec), spec))
     if not _looks_like_factory(spec):
         raise UserError(
             f"malformed --arch '{spec}': expected 'file.py:function' or 'pkg.mod:function'"
@@ -141,15 +171,49 @@ def _import_factory(spec: str) -> Callable[..., object]:
             sys.modules[private] = module  # dataclasses and pickling look classes up here
             module_spec.loader.exec_module(module)
         else:
-            module = importlib.import_module(location)
+            with importable_from_cwd():
+                module = importlib.import_module(location)
     except UserError:
         raise
     except Exception as error:
         raise UserError(f"cannot import '{location}': {type(error).__name__}: {error}") from error
     factory = getattr(module, name, None)
     if not callable(factory):
-        raise UserError(f"'{location}' has no callable named '{name}'")
+        raise UserError(f"'{location}' has no callable named '{name}'"
+                        f"{_shadowed(location, name, module)}")
     return factory  # type: ignore[no-any-return]
+
+
+@contextlib.contextmanager
+def importable_from_cwd() -> Iterator[None]:
+    """Let imports find modules in the current folder, as `python -m` does but the console
+    script does not, while the block runs. The folder goes at the END of `sys.path`, so that an
+    installed package wins over a local file of the same name (a user's rich.py must not replace
+    rich); `sys.path` is restored afterwards."""
+    try:
+        cwd = os.getcwd()
+    except OSError:  # the folder was removed under us: nothing to add
+        yield
+        return
+    if "" in sys.path or cwd in sys.path:
+        yield
+        return
+    sys.path.append(cwd)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError):  # the user's code may have removed it already
+            sys.path.remove(cwd)
+
+
+def _shadowed(location: str, name: str, module: object) -> str:
+    """A hint when a local file has the name of the installed module that was imported."""
+    local = Path(*location.split(".")).with_suffix(".py")
+    loaded_from = getattr(module, "__file__", None)
+    if not local.is_file() or (loaded_from and Path(loaded_from).resolve() == local.resolve()):
+        return ""
+    return (f"; the installed '{location}' comes before ./{local} on the import path, "
+            f"so give the file itself: {local}:{name}")
 
 
 @contextlib.contextmanager
@@ -214,7 +278,9 @@ def _load_pickle(path: Path, trust: bool) -> object:
     from micronet_score.pt2 import quiet, refused_global
 
     try:
-        with quiet():
+        # A pickled module names its class by module path; with --trust, find it in the current
+        # folder as `python -m` would (installed packages first).
+        with quiet(), importable_from_cwd() if trust else contextlib.nullcontext():
             return torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as error:
         name = None if trust else refused_global(error, _pickle_bytes(path))

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from micronet_score.compress.models import create_model
-from micronet_score.report import Layer, Report
+from micronet_score.results import Layer, Report
 
 
 def layer(report: Report, name: str) -> Layer:

@@ -74,7 +74,14 @@ def test_later_declaration_wins_and_weight_only_keeps_activation_width() -> None
 
 def test_unmatched_pattern_warns() -> None:
     report = score_model(ones(BodyHead()), input_shape=(2, 4, 4), bits=["bdy=8"])
-    assert report.warnings == ("--bits pattern 'bdy' matches no module",)
+    assert report.warnings == (
+        "--bits pattern 'bdy' matches no module",
+        "the classifier (head) gives 2 outputs, while baseline 'wrn' is for CIFAR-100 (100 "
+        "classes); if the model is for another data set, check --baseline ('micronet-score "
+        "rules' lists them)",
+        "the model was scored at input 2x4x4, baseline 'wrn' at 3x32x32: the score compares "
+        "costs at different input sizes",
+    )
 
 
 def test_half_precision_model() -> None:

@@ -293,3 +293,22 @@ def test_no_arguments_shows_the_help_not_an_error() -> None:
     assert code == 2
     assert err.startswith("Usage: ") and "error:" not in err
     assert "Commands:" in err
+
+
+def test_an_error_naming_odd_characters_stays_one_line(tmp_path: Path, factories: Path) -> None:
+    # A file name or an option may hold characters that str.splitlines() breaks on.
+    code, _, err = run(f"{factories}:tiny", "--bits", "\x1e")
+    assert_one_error_line(code, err, "\\x1e")
+    odd = tmp_path / "two\nlines\u2028model.pt"
+    odd.write_bytes(b"not a model")
+    code, _, err = run(str(odd))
+    assert_one_error_line(code, err, "two\\nlines\\u2028model.pt")
+
+
+@pytest.mark.parametrize("raised", ["typer.Exit(0)", "typer.Exit(1)", "typer.Abort()"])
+def test_a_factory_cannot_give_a_verdict_through_typer(tmp_path: Path, raised: str) -> None:
+    source = tmp_path / "exits_typer.py"
+    source.write_text(f"import typer\n\n\ndef build():\n    raise {raised}\n")
+    code, out, err = run(f"{source}:build", "--max-score", "1")
+    assert_one_error_line(code, err, "code from the model or a factory raised")
+    assert out == ""

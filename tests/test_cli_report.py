@@ -236,7 +236,7 @@ def test_machine_formats_ignore_the_view(files: dict[str, str]) -> None:
     csv_text = run(*score_args(files, "--depth", "1", "--top", "1", "--format", "csv"))
     lines = csv_text.stdout.strip().splitlines()
     assert len(lines) == 1 + 9  # header and one row per layer
-    assert lines[1].startswith("stem,stem,conv,Conv2d,1x2x4x4,2,32,32,0.0,dense,2.0,32,0,32.0,")
+    assert lines[1].startswith("stem,stem,conv,Conv2d,2x4x4,2,32,32,0.0,dense,2.0,32,0,32.0,")
     data = json.loads(run(*score_args(files, "--depth", "1", "--format", "json"))
                       .stdout)
     assert len(data["layers"]) == 9
@@ -384,7 +384,12 @@ def test_compare_json_rows_and_order(tmp_path: Path, files: dict[str, str]) -> N
         ["stage1.1.conv", "removed"], ["stage1.0.conv", "changed"],
         ["stage1.1/relu_1", "removed"], ["stage1.1/add_1", "removed"],
     ]
-    assert "0%→25%" in body[1] and "96→64" in body[1]
+    # One weight of four pruned: the same parameter count, a quarter less storage (a 1-bit mask
+    # per weight: 3 x 32 + 4 bits = 3.125 values) and a third less ops.
+    assert body[1].split()[2:5] == ["4", "4→3.1", "96→64"]
+    assert "not shown at 80 columns: sparsity" in text
+    storage = next(line for line in text.splitlines() if line.startswith("storage"))
+    assert storage.split()[3:] == ["19", "14.12", "-4.88", "(-25.7%)"]
     assert "5 unchanged rows not shown" in text
 
     by_stage = runner.invoke(compare_app, [files["model"], b, "--baseline", files["baseline"],
@@ -393,7 +398,7 @@ def test_compare_json_rows_and_order(tmp_path: Path, files: dict[str, str]) -> N
     assert by_stage.exit_code == 0, by_stage.output
     rows = markdown_rows(by_stage.stdout)
     assert list(rows) == ["stage1"]
-    assert rows["stage1"][:3] == ["changed", "8 → 4", "320 → 128"]
+    assert rows["stage1"][:4] == ["changed", "8 → 4", "8 → 3.1", "320 → 128"]
     assert "| score | " in by_stage.stdout
 
 
@@ -510,3 +515,76 @@ def test_installed_console_script_on_an_exported_file(tmp_path: Path, files: dic
     assert total.split()[:2] == ["total", "19"]
     assert f"score:       {SCORE:.6f}" in done.stdout
     assert "input 1x1x4x4" in done.stdout  # the shape recorded in the exported program
+
+
+# --- what the reports show ---------------------------------------------------------------------
+
+SAMPLE = Path(__file__).resolve().parents[1] / "sample_models" / "densenet121_gr4_cifar.pt2"
+
+
+def test_the_bundled_sample_at_80_columns_breaks_between_fields() -> None:
+    result = run(str(SAMPLE), "--depth", "1", "--max-score", "0.02", env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    lines = [*result.stdout.splitlines(), *result.stderr.splitlines()]
+    assert all(len(line) <= 80 for line in lines), [line for line in lines if len(line) > 80]
+    assert all(line == line.rstrip() for line in lines)  # piped rows carry no trailing spaces
+    text = result.stdout
+    assert ("baseline:    wrn, WideResNet-28-10 on CIFAR-100: 36,500,000 params,\n"
+            "             10,490,000,000 ops (80% top-1)\n") in text
+    assert "params part: 58,674 / 36,500,000 = 0.001608 (storage, 32-bit equivalents)\n" in text
+    assert "ops part:    22,008,128 / 10,490,000,000 = 0.002098 (32-bit equivalents)\n" in text
+    assert result.stderr.splitlines()[-1] == "PASS: score 0.003706 is at or under --max-score 0.02"
+
+
+def test_shapes_are_per_example_in_every_format(files: dict[str, str]) -> None:
+    data = json.loads(run(*score_args(files, "--format", "json")).stdout)
+    shapes = {layer["name"]: layer["output_shape"] for layer in data["layers"]}
+    assert (shapes["stem"], shapes["mean"], shapes["head"]) == ([2, 4, 4], [2], [3])
+    assert data["input_shape"] == [1, 4, 4]
+    csv_rows = run(*score_args(files, "--format", "csv")).stdout.splitlines()
+    assert [row.split(",")[4] for row in csv_rows[1:]][-2:] == ["2", "3"]
+    table = run(*score_args(files), env={"COLUMNS": "160"}).stdout
+    head = next(line for line in table.splitlines() if line.startswith("head"))
+    assert head.split()[2] == "3"
+
+
+def test_strict_names_the_uncounted_nodes(tmp_path: Path) -> None:
+    (tmp_path / "scan.py").write_text(textwrap.dedent(
+        """
+        import torch
+        from torch import nn
+
+
+        class Mix(nn.Module):
+            def forward(self, x):
+                return torch.cumsum(torch.cumsum(torch.cumsum(x, 1), 1), 1)
+
+
+        class Net(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.mix = Mix()
+                self.head = nn.Linear(4, 2)
+
+            def forward(self, x):
+                return self.head(torch.cummax(self.mix(x), 1).values)
+
+
+        def build():
+            return Net()
+        """
+    ))
+    args = [f"{tmp_path / 'scan.py'}:build", "--input-shape", "4", "--baseline", "wrn"]
+    table = run(*args, env={"COLUMNS": "100"})
+    assert table.exit_code == 0, table.output
+    listed = [line for line in table.stdout.splitlines() if line.startswith("uncounted")]
+    assert listed == ["uncounted:   3 \u00d7 cumsum in mix",
+                      "uncounted:   1 \u00d7 cummax in the top-level forward"]
+    markdown = run(*args, "--format", "markdown").stdout
+    assert "- uncounted: 3 \u00d7 cumsum in mix\n" in markdown
+    strict = run(*args, "--strict")
+    assert strict.exit_code == 2
+    assert strict.stderr.splitlines()[-1] == (
+        "error: 4 nodes not counted (--strict): 3 \u00d7 cumsum in mix, "
+        "1 \u00d7 cummax in the top-level forward"
+    )

@@ -11,11 +11,11 @@ from collections.abc import Callable
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import layer, layers_of
+from helpers import layer, layers_of, without_zeros
 from torch import nn
 
 from micronet_score import score_model
-from micronet_score.report import Report
+from micronet_score.results import Report
 
 
 def ones(model: nn.Module) -> nn.Module:
@@ -329,3 +329,24 @@ def test_stored_tensor_read_directly_is_a_parameter() -> None:
     assert report.params == 12
     assert layer(report, "offset").op == "parameter"
     assert report.ops == 12
+
+
+def test_a_forward_that_updates_its_own_buffer_counts_its_layers() -> None:
+    """`self.n += 1` on a buffer leaves a node after the graph's output; it never runs at
+    inference and must not break the count (it ended in an internal AssertionError)."""
+
+    class Counting(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+            self.register_buffer("n", torch.zeros(()))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.n += 1
+            out: torch.Tensor = self.fc(x)
+            return out
+
+    model = without_zeros(Counting())
+    report = score_model(model, input_shape=(4,), freebie=False)
+    assert (report.params, report.mults, report.adds) == (16 + 4, 16, 12 + 4)
+    assert float(model.n) == 0.0  # the model's own buffer is untouched

@@ -9,7 +9,7 @@ from helpers import layer, resnet18
 from torch import nn
 
 from micronet_score import score_model
-from micronet_score.report import Report
+from micronet_score.results import Report
 
 
 def ones(model: nn.Module) -> nn.Module:

@@ -25,7 +25,8 @@ from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx, prepare_qa
 
 from micronet_score import UserError, score_model
 from micronet_score.compress.models import create_model
-from micronet_score.report import Report, compare
+from micronet_score.results import Report
+from micronet_score.views import compare
 
 SKIPPED = ("trans3", "dense1", "dense2")
 PTQ = QConfig(

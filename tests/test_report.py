@@ -9,27 +9,25 @@ from dataclasses import replace
 import pytest
 
 from micronet_score.report import (
-    Layer,
-    Report,
-    View,
-    arrange,
-    compare,
     compare_markdown,
     compare_parts,
+    render_plain,
+    to_markdown,
+    to_text,
+)
+from micronet_score.report.numbers import (
     format_count,
     format_exact,
     format_percent,
     format_score,
     format_score_change,
-    gate,
-    render_plain,
-    rows,
     share_bar,
-    to_markdown,
-    to_text,
-    wrap_name,
 )
+from micronet_score.report.summary import gate
+from micronet_score.report.table import wrap_name
+from micronet_score.results import Layer, Report
 from micronet_score.rules import Baseline
+from micronet_score.views import View, arrange, compare, rows
 
 BASE = Baseline("tiny", "Tiny", "None", params=1000.0, ops=1_000_000.0,
                 input_shape=(3, 8, 8), quality="none")
@@ -38,7 +36,7 @@ BASE = Baseline("tiny", "Tiny", "None", params=1000.0, ops=1_000_000.0,
 def make_layer(name: str, module: str, op: str, params: int = 0, zeros: int = 0,
                bits: tuple[int | None, int] = (32, 32), storage: float = 0.0, mults: float = 0.0,
                adds: float = 0.0, ops: float = 0.0, fmt: str = "dense",
-               shape: tuple[int, ...] = (1, 4, 8, 8)) -> Layer:
+               shape: tuple[int, ...] = (4, 8, 8)) -> Layer:
     return Layer(
         name=name, node=name.replace(".", "_"), module=module, op=op, target=op,
         output_shape=shape, params=params, weight_bits=bits[0], act_bits=bits[1],
@@ -73,8 +71,8 @@ LAYERS = [
     make_layer("dense1.1.conv", "dense1.1.conv", "conv", 300, 0, (16, 16), 150, 6000, 5000, 8000),
     make_layer("trans1.conv", "trans1.conv", "conv", 50, 10, (32, 32), 40, 1000, 900, 1900,
                fmt="kernel_mask"),
-    make_layer("mean", "", "mean", 0, 0, (None, 32), 0, 10, 90, 100, shape=(1, 4)),
-    make_layer("linear", "linear", "linear", 20, 0, (32, 32), 20, 200, 190, 390, shape=(1, 10)),
+    make_layer("mean", "", "mean", 0, 0, (None, 32), 0, 10, 90, 100, shape=(4,)),
+    make_layer("linear", "linear", "linear", 20, 0, (32, 32), 20, 200, 190, 390, shape=(10,)),
 ]
 REPORT = make_report(LAYERS)
 # Each row's part of the score by hand: storage / 1000 + ops / 1e6.
@@ -91,7 +89,7 @@ def test_depth_one_sums_every_figure() -> None:
     assert dense.op == "3 nodes"
     assert dense.storage_format == "mixed"  # sparse and dense layers
     assert dense.sparsity == pytest.approx(0.1)
-    assert dense.output_shape == (1, 4, 8, 8)  # the group's last layer
+    assert dense.output_shape == (4, 8, 8)  # the group's last layer
     for name, part in PART.items():
         assert by_name[name].score == pytest.approx(part)
         assert by_name[name].share == pytest.approx(part / REPORT.score)
@@ -181,7 +179,7 @@ def test_share_bars_are_relative_to_the_heaviest_row() -> None:
 LONG = [
     make_layer(f"features.denseblock{b}.denselayer{i}.conv{c}",
                f"features.denseblock{b}.denselayer{i}.conv{c}", "conv", 123_456, 61_728, (8, 8),
-               40_000.5, 98_765_432, 98_000_000, 49_382_716, fmt="sparse", shape=(1, 128, 32, 32))
+               40_000.5, 98_765_432, 98_000_000, 49_382_716, fmt="sparse", shape=(128, 32, 32))
     for b in (1, 2) for i in (1, 12) for c in (1, 2)
 ]
 
@@ -324,9 +322,10 @@ def test_compare_by_prefix_and_its_formats() -> None:
     markdown = compare_markdown(comparison, top=2)
     assert markdown.startswith(f"**MicroNet score: {REPORT.score:.6f} → {AFTER.score:.6f}")
     lines = [line for line in markdown.splitlines() if line.startswith("| `")]
-    assert lines[0] == "| `dense1` | changed | 500 | 13.0K → 10.5K | 8..16/8..16 → 4..8/8..16 | " \
-                       "10% → 30% | -0.142500 |"
-    assert lines[1].startswith("| `trans1` | removed | 50 | 1.90K | 32/32 | 20% | -0.041900 |")
+    assert lines[0] == "| `dense1` | changed | 500 | 210 → 70 | 13.0K → 10.5K | " \
+                       "8..16/8..16 → 4..8/8..16 | 10% → 30% | -0.142500 |"
+    assert lines[1].startswith("| `trans1` | removed | 50 | 40 | 1.90K | 32/32 | 20% | "
+                               "-0.041900 |")
     assert len(lines) == 2
     assert "1 more changed rows not shown (--top 2)" in markdown
     assert "3 unchanged rows not shown" in markdown

@@ -12,7 +12,7 @@ from helpers import layer
 from torch import nn
 
 from micronet_score import api, score_model
-from micronet_score.report import Report
+from micronet_score.results import Report
 
 
 def ones(model: nn.Module) -> nn.Module:

@@ -9,7 +9,7 @@ from torch import nn
 from torch.nn.utils import parametrize, prune
 
 from micronet_score import score_model
-from micronet_score.report import Layer
+from micronet_score.results import Layer
 
 
 def conv_with_zeros(zero: tuple[slice | int, ...]) -> nn.Conv2d:
