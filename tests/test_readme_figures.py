@@ -49,3 +49,24 @@ def test_a_readme_row_is_what_its_command_prints(
     data = json.loads(out.getvalue())
     assert (data["params"], data["ops"]) == (params, ops)
     assert f"{data['score']:.{len(score.split('.')[1])}f}" == score
+
+
+def test_the_worked_example_is_what_the_command_prints() -> None:
+    """The README's console block, between the command and `$ echo $?`, is the command's stdout
+    then stderr at 80 columns, character for character."""
+    import os
+    import subprocess
+    import sys
+
+    text = README.read_text(encoding="utf-8")
+    command = "micronet-score sample_models/densenet121_gr4_cifar.pt2 --depth 1 --max-score 0.02"
+    start = text.index(f"$ {command}\n") + len(command) + 3
+    shown = text[start:text.index("$ echo $?\n", start)]
+    done = subprocess.run(
+        [sys.executable, "-m", "micronet_score", *shlex.split(command)[1:]],
+        capture_output=True, text=True, timeout=120, cwd=README.parent,
+        env={**os.environ, "COLUMNS": "80", "LINES": "24", "TERM": "dumb"},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout + done.stderr == shown
+    assert max(len(line) for line in shown.splitlines()) <= 80
