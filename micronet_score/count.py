@@ -108,6 +108,7 @@ def count(
         warnings.append("the model is in training mode; it was counted as in eval mode")
     if traced.skipped_hook is not None:
         warnings.append(f"hooks were not run ({traced.skipped_hook}): what they add is not counted")
+    warnings.extend(traced.notes)
     return Counts(
         tuple(c for c in counted if c.facts.kind is not OpKind.FREE and not _empty_quantize(c)),
         tuple(uncounted),

@@ -22,7 +22,15 @@ from torch.utils._pytree import tree_leaves, tree_map
 from micronet_score.classify import function_kind, module_kind
 from micronet_score.errors import UserError
 from micronet_score.opkinds import SHAPE_PRESERVING, OpKind
-from micronet_score.shadow import ShadowTracer, global_hook, module_hook, shadow
+from micronet_score.shadow import (
+    OutsiderRefusal,
+    ShadowTracer,
+    global_hook,
+    module_hook,
+    outsiders_refused,
+    shadow,
+    shared_objects_watched,
+)
 
 
 @dataclass(frozen=True)
@@ -47,7 +55,7 @@ class TracedModel:
     `root` is a shadow of the user's module (same classes and tensors, see `shadow`) for symbolic
     traces and graph modules, or the GraphModule that `torch.export` produced. `values` maps each
     node to its (first) tensor output, or None. `skipped_hook` describes a forward hook of the
-    model that tracing did not run, if there is one.
+    model that tracing did not run, if there is one; `notes` are warnings for the report.
     """
 
     graph: torch.fx.Graph
@@ -56,6 +64,7 @@ class TracedModel:
     input_shape: tuple[int, ...]
     method: str
     skipped_hook: str | None = None
+    notes: tuple[str, ...] = ()
 
 
 class _LeafTracer(ShadowTracer):
@@ -86,22 +95,28 @@ def trace(
     torch.long) with a batch dimension of 1 in front of `input_shape`. Hooks are not run, and
     `model` is only read (its parameters' values included). Raises UserError when the model
     cannot be traced or run on that input; the message names a hook scoring skipped, if any.
+    Also raises it, before anything runs, for a module the model keeps outside its module tree
+    where the shadow cannot follow (see `micronet_score.shadow`).
     """
     if isinstance(model, torch.jit.ScriptModule):
         raise UserError(
             "a TorchScript module hides its layers; score the nn.Module it was scripted from, "
             "or a torch.export program"
         )
+    root = shadow(model)  # may refuse: a module outside the tree, which tracing would run
+    changed = shared_objects_watched(model)
     try:
-        traced = _trace(shadow(model), input_shape, input_dtype)
-    except _HookRefusal:
+        traced = _trace(root, input_shape, input_dtype)
+    except (_HookRefusal, OutsiderRefusal):
         raise
     except UserError as error:
         hook = module_hook(model)  # the hook may be what the forward needed
         if hook is None:
             raise
         raise UserError(f"{error}; note that scoring does not run hooks, and {hook}") from error
-    return dataclasses.replace(traced, skipped_hook=module_hook(model))
+    change = changed()
+    notes = () if change is None else (change,)
+    return dataclasses.replace(traced, skipped_hook=module_hook(model), notes=notes)
 
 
 class _HookRefusal(UserError):
@@ -175,7 +190,10 @@ def _export_fallback(
         ) from symbolic_error
     example = _example(model, (1, *input_shape), input_dtype)
     try:
-        program = torch.export.export(model, (example,), strict=False)
+        with outsiders_refused(f"{failed}, and torch.export"):
+            program = torch.export.export(model, (example,), strict=False)
+    except OutsiderRefusal:
+        raise
     except Exception as export_error:
         raise UserError(
             f"cannot trace the model: {failed} "

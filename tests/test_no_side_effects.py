@@ -11,8 +11,13 @@ from __future__ import annotations
 
 import functools
 import io
+import pickle
+import types
 import warnings
+import weakref
+from collections import OrderedDict, defaultdict, deque
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import torch
@@ -24,7 +29,7 @@ from torch.nn.modules import module as torch_module
 from torch.nn.utils import parametrizations, parametrize, prune
 
 from micronet_score import UserError, score_model
-from micronet_score.report import Report
+from micronet_score.results import Report
 
 CALLS: list[str] = []
 
@@ -161,15 +166,15 @@ def _fresh() -> Iterator[None]:
         yield
 
 
-def _frozen(value: object) -> object:
+def _frozen(value: object, depth: int = 0) -> object:
     """What must not change about one attribute value: identity, and for containers the
-    identity of each item; tensors' bits; plain values themselves."""
+    identity and state of each item (a few levels deep); tensors' bits; plain values themselves."""
     if isinstance(value, torch.Tensor):
         return _tensor_state(value)
-    if isinstance(value, dict):
-        return type(value), [(key, id(item)) for key, item in value.items()]
-    if isinstance(value, list | tuple):
-        return type(value), [id(item) for item in value]
+    if isinstance(value, dict) and depth < 3:
+        return type(value), [(k, id(v), _frozen(v, depth + 1)) for k, v in value.items()]
+    if isinstance(value, list | tuple) and depth < 3:
+        return type(value), [(id(item), _frozen(item, depth + 1)) for item in value]
     if isinstance(value, set | frozenset):
         return type(value), sorted(map(repr, value))
     if value is None or isinstance(value, bool | int | float | str | torch.dtype):
@@ -220,22 +225,38 @@ def _equal(a: object, b: object) -> bool:
     return bool(a == b)
 
 
-def score_untouched(model: nn.Module, shape: tuple[int, ...]) -> Report:
-    """Score `model`, asserting that no hook ran and nothing changed."""
+def score_untouched(model: nn.Module, shape: tuple[int, ...], *others: nn.Module) -> Report:
+    """Score `model`, asserting that no hook ran and nothing changed, in it or in `others`
+    (modules it holds outside its module tree)."""
     CALLS.clear()  # building the model set attributes
     saves = _saves(model)  # torch refuses parametrized modules and prepared QAT ones
-    before = snapshot(model)  # (saving a graph module regenerates its code: first)
-    report = score_model(model, input_shape=shape)
+    before = [snapshot(m) for m in (model, *others)]  # (saving a graph module regenerates its
+    report = score_model(model, input_shape=shape)  # code: first)
     assert CALLS == []
-    assert_same(before, snapshot(model))
+    for was, module in zip(before, (model, *others), strict=True):
+        assert_same(was, snapshot(module))
     assert _saves(model) == saves
     return report
+
+
+def refused_untouched(model: nn.Module, shape: tuple[int, ...], *others: nn.Module) -> str:
+    """Score `model`, asserting that it is refused and that no hook ran and nothing changed;
+    the one-line message."""
+    CALLS.clear()
+    before = [snapshot(m) for m in (model, *others)]
+    with pytest.raises(UserError) as error:
+        score_model(model, input_shape=shape)
+    assert CALLS == []
+    for was, module in zip(before, (model, *others), strict=True):
+        assert_same(was, snapshot(module))
+    assert "\n" not in str(error.value)
+    return str(error.value)
 
 
 def _saves(model: nn.Module) -> bool:
     try:
         torch.save(model, io.BytesIO())
-    except (RuntimeError, AttributeError):
+    except (RuntimeError, AttributeError, TypeError, pickle.PicklingError):
         return False
     return True
 
@@ -376,7 +397,273 @@ def test_torchs_own_hooks_are_not_reported_as_skipped() -> None:
     program = torch.export.export(model, (torch.zeros(1, 3, 4, 4),))
     module = program.module()
     assert any(module._forward_pre_hooks.values())  # the hook is there
-    assert score_model(program).warnings == ()
+    assert score_model(program).warnings == (  # only the input size's, none about hooks
+        "the model was scored at input 3x4x4, baseline 'wrn' at 3x32x32: the score compares "
+        "costs at different input sizes",
+    )
     user = nn.Sequential(nn.Conv2d(3, 2, 1))
     user.register_forward_hook(lambda m, i, o: None)
     assert any("hooks were not run" in w for w in score_model(user, input_shape=(3, 4, 4)).warnings)
+
+
+class Outside(nn.Module):
+    """A block a model holds outside its module tree. Its forward counts its calls and keeps
+    its input, as a real forward that caches would: run on the real module, both stay."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 4)
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        self.last = x
+        return F.relu(self.linear(x))
+
+
+class Holding(Observed):
+    """Holds `held` (built around an Outside block) in a plain attribute; `reach` finds the
+    block (or a callable that runs it) in it."""
+
+    def __init__(self, held: object, reach: Callable[[object], Callable[..., torch.Tensor]]):
+        super().__init__()
+        self.held = held
+        self.reach = reach
+        self.built = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.reach(self.held)(x)
+
+
+def run_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return block(x)
+
+
+def first(held: Any) -> Any:
+    return next(iter(held))
+
+
+def itself(held: Any) -> Any:
+    return held
+
+
+HOLDERS: dict[str, tuple[Callable[[nn.Module], object], Callable[[Any], Any]]] = {
+    "lambda": (lambda block: lambda x: block(x), itself),
+    "lambda default": (lambda block: lambda x, b=block: b(x), itself),
+    "keyword-only default": (lambda block: lambda x, *, b=block: b(x), itself),
+    "partial": (lambda block: functools.partial(run_block, block), itself),
+    "SimpleNamespace": (lambda block: types.SimpleNamespace(block=block), lambda h: h.block),
+    "OrderedDict": (lambda block: OrderedDict(block=block), lambda h: h["block"]),
+    "defaultdict": (lambda block: defaultdict(list, block=block), lambda h: h["block"]),
+    "dict of lists": (lambda block: {"blocks": [block]}, lambda h: h["blocks"][0]),
+    "tuple in a list": (lambda block: [(1, block)], lambda h: h[0][1]),
+    "set": (lambda block: {block}, first),
+    "frozenset": (lambda block: frozenset({block}), first),
+    "deque": (lambda block: deque([block], maxlen=2), first),
+    "bound method": (lambda block: block.forward, itself),
+}
+
+
+@pytest.mark.parametrize(("holder", "reach"), HOLDERS.values(), ids=HOLDERS.keys())
+def test_a_module_held_outside_the_tree_runs_as_a_shadow(
+    holder: Callable[[nn.Module], object], reach: Callable[[Any], Any]
+) -> None:
+    block = Outside()
+    model = Holding(holder(block), reach)
+    add_hooks(block)
+    add_hooks(model)
+    report = score_untouched(model, (4,), block)
+    assert block.calls == 0
+    assert report.trace_method == "torch.export"  # torch.fx calls only modules of the tree
+    assert [(r.op, r.params, r.mults, r.adds) for r in report.layers] == [
+        ("linear", 20, 16, 16), ("relu", 0, 4, 0),
+    ]
+
+
+class Box:
+    """An object of a class scoring does not rebuild."""
+
+    def __init__(self, block: nn.Module) -> None:
+        self.block = block
+
+
+def test_a_module_behind_an_object_of_another_class_is_refused() -> None:
+    block = Outside()
+    model = Holding(Box(block), lambda held: held.block)
+    add_hooks(block)
+    assert refused_untouched(model, (4,), block) == (
+        "module 'Holding' keeps a module (Outside) in its attribute 'held', inside a Box, "
+        "outside the module tree: scoring cannot trace it without running its code (and hooks) "
+        "on the real model; register it as a submodule (assign it to a module attribute, or "
+        "keep it in an nn.ModuleList or nn.ModuleDict)"
+    )
+
+
+ELSEWHERE: list[nn.Module] = []
+
+
+class Trainer:
+    """A training framework's object that keeps the model it trains."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+
+def test_a_back_reference_to_the_model_is_let_through_and_refused_only_if_called() -> None:
+    model = Tiny()
+    model.trainer = Trainer(model)
+    report = score_untouched(model, (2, 4, 4))
+    assert rows(report) == rows(score_model(Tiny(), input_shape=(2, 4, 4)))
+    calling = Holding(None, lambda held: held.model.block)  # the real block, not its shadow
+    calling.held = Trainer(calling)
+    calling.block = Outside()
+    add_hooks(calling.block)
+    assert "torch.export would call a module (Outside) that the model reaches through " in (
+        refused_untouched(calling, (4,))
+    )
+
+
+def test_a_module_called_through_a_global_is_refused_before_it_runs() -> None:
+    """No search of the model's attributes finds it; torch.export's call of it is refused
+    before its hooks (the always-call forward hooks too) or its forward run."""
+    block = Outside()
+    add_hooks(block)
+    ELSEWHERE[:] = [block]
+    try:
+        message = refused_untouched(Holding(None, lambda held: ELSEWHERE[0]), (4,), block)
+    finally:
+        ELSEWHERE.clear()
+    assert message.startswith("symbolic tracing failed in the top-level module (NameError: ")
+    assert message.endswith(
+        "and torch.export would call a module (Outside) that the model reaches through a "
+        "global, a class attribute or an object of another class, not through its module "
+        "tree: scoring cannot trace it without running its code (and hooks) on the real model; "
+        "register it as a submodule (assign it to a module attribute, or keep it in an "
+        "nn.ModuleList or nn.ModuleDict) and call it from there"
+    )
+
+
+def remember_last(memory: Any, y: torch.Tensor) -> None:
+    memory["last"] = y
+
+
+def remember_shape(memory: Any, y: torch.Tensor) -> None:
+    memory.append(y.shape)
+
+
+def remember_nested(memory: Any, y: torch.Tensor) -> None:
+    memory["outputs"].append(y)
+    memory["sizes"]["fc"] = [y.shape[-1]]
+
+
+class Remembers(Observed):
+    """A forward that writes what it computes into a container of its own."""
+
+    def __init__(self, memory: object, write: Callable[[Any, torch.Tensor], None]) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.memory = memory
+        self.write = write
+        self.built = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.fc(x)
+        self.write(self.memory, y)
+        return y
+
+
+@pytest.mark.parametrize(
+    ("memory", "write"),
+    [
+        (dict, remember_last),
+        (list, remember_shape),
+        (lambda: {"outputs": [], "sizes": {"fc": []}}, remember_nested),
+    ],
+    ids=["cache dict", "history list", "nested dict of lists"],
+)
+def test_what_a_forward_writes_into_its_containers_stays_in_the_shadow(
+    memory: Callable[[], object], write: Callable[[Any, torch.Tensor], None]
+) -> None:
+    model = Remembers(memory(), write)
+    empty = memory()
+    report = score_untouched(model, (4,))
+    assert model.memory == empty
+    assert _saves(model)
+    assert report.trace_method == "symbolic_trace"
+    assert [(r.name, r.op, r.params, r.mults, r.adds) for r in report.layers] == [
+        ("fc", "linear", 20, 16, 16),
+    ]
+
+
+def test_closures_a_list_method_and_a_parent_link_are_rebuilt_around_the_shadows() -> None:
+    """The list two closures share is copied once (they share the copy), a list's `append`
+    appends to the list's copy, and a layer's weak link to its parent leads to the parent's
+    shadow."""
+
+    def logger() -> tuple[Callable[[object], None], Callable[[], int]]:
+        seen: list[object] = []
+
+        def log(item: object) -> None:
+            seen.append(item)
+
+        return log, lambda: len(seen)
+
+    class Child(nn.Module):
+        def __init__(self, parent: nn.Module) -> None:
+            super().__init__()
+            self.parent = weakref.ref(parent)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            parent = self.parent()
+            assert parent is not None
+            parent.runs += 1
+            return x * parent.runs
+
+    class Parent(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.log, self.count = logger()
+            self.kept: list[object] = []
+            self.keep = self.kept.append
+            self.runs = 0
+            self.child = Child(self)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.log(x)
+            self.keep(x)
+            if (self.count(), len(self.kept)) != (1, 1):
+                raise RuntimeError("a closure or the list's method writes elsewhere")
+            return self.child(x) * 2
+
+    model = Parent()
+    report = score_untouched(model, (4,))
+    assert (model.count(), model.kept, model.runs) == (0, [], 0)
+    assert [(r.op, r.mults) for r in report.layers] == [("mul", 4), ("mul", 4)]
+
+
+class Stats:
+    def __init__(self) -> None:
+        self.count = 0
+
+
+def test_a_change_to_an_object_of_another_class_is_reported() -> None:
+    """Such objects are shared (copying them would run their class's code); the change is
+    named in a warning."""
+
+    class Counting(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+            self.stats = Stats()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.stats.count += 1
+            return self.fc(x)
+
+    model = Counting()
+    assert (
+        "the forward changed attribute 'count' of the Stats object in attribute 'stats' of "
+        "module 'Counting': scoring shares objects other than modules, tensors and containers "
+        "with the model, so the change stays on the model"
+    ) in score_model(model, input_shape=(4,)).warnings
+    assert model.stats.count == 1
