@@ -65,6 +65,7 @@ def _module_table() -> tuple[tuple[type, OpKind], ...]:
         (nn.modules.pooling._MaxPoolNd, K.MAX_POOL),
         (nn.modules.pooling._AdaptiveMaxPoolNd, K.ADAPTIVE_MAX_POOL),
         (nn.modules.dropout._DropoutNd, K.FREE),
+        *((cls, K.FREE) for cls in _eval_identity_modules()),
         (nn.Identity, K.FREE),
         (nn.Flatten, K.FREE),
         (nn.Unflatten, K.FREE),
@@ -73,6 +74,14 @@ def _module_table() -> tuple[tuple[type, OpKind], ...]:
         (torch.ao.nn.quantized.DeQuantize, K.FREE),
         (GuardsFn, K.FREE),
     )
+
+
+def _eval_identity_modules() -> tuple[type, ...]:
+    try:
+        from torchvision.ops import StochasticDepth
+    except ImportError:
+        return ()
+    return (StochasticDepth,)
 
 
 _MODULE_KINDS: dict[type, OpKind | None] = {}
@@ -128,13 +137,23 @@ def _functions() -> dict[Callable[..., object], OpKind]:
             torch.transpose, torch.squeeze, torch.unsqueeze, torch.chunk, torch.split,
             torch.narrow, torch.t, torch.clone, torch.dequantize, torch._assert, operator.getitem,
             getattr, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout,
-            torch.Tensor.size,
+            torch.Tensor.size, *_eval_identities(),
         ),
     }
     for kind, functions in groups.items():
         for function in functions:
             table[function] = kind
     return table
+
+
+def _eval_identities() -> tuple[Callable[..., object], ...]:
+    """torchvision's stochastic depth, written as a function (it is `torch.fx.wrap`-ped, so it
+    stays one node): the identity in eval mode, as dropout is."""
+    try:
+        from torchvision.ops import stochastic_depth
+    except ImportError:
+        return ()
+    return (stochastic_depth,)
 
 
 _METHODS: dict[str, OpKind] = {

@@ -156,6 +156,9 @@ def _status() -> Iterator[Progress]:
         yield lambda message: status.update(f"{message}…")
 
 
+TABLE_MIN_WIDTH = 64
+
+
 def _stdout_console() -> Console:
     """Colour and escape codes only on a terminal (and never with NO_COLOR set); rich decides."""
     from rich.console import Console
@@ -165,7 +168,11 @@ def _stdout_console() -> Console:
             self.quiet = True
             raise BrokenPipeError
 
-    return PipeAwareConsole(highlight=False, emoji=False)
+    console = PipeAwareConsole(highlight=False, emoji=False)
+    # Below this the tables would have to cut numbers: lines run past a narrower terminal
+    # (which wraps them) rather than show `8.…` for 8.21M.
+    console.width = max(console.width, TABLE_MIN_WIDTH)
+    return console
 
 
 def _unicode(console: Console) -> bool:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import html
 import math
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -227,11 +228,19 @@ def _total(key: str, value: float, text: str) -> str:
     return f'<span class="num" id="total-{key}" data-value="{exact}">{_esc(text)}</span>'
 
 
+_SHOWN_GROUPS = 10
+
+
 def _warnings(data: dict[str, Any]) -> str:
     items = [f"<li>{_esc(warning)}</li>" for warning in data["warnings"]]
     uncounted = data["uncounted"]
-    items += [f"<li>not counted: <code>{_esc(u['node'])}</code> ({_esc(u['target'])}) in "
-              f"<code>{_esc(u['module'] or '(top level)')}</code></li>" for u in uncounted]
+    groups = Counter((u["target"], u["module"]) for u in uncounted)  # as the table groups them
+    items += [f"<li>{count} &times; <code>{_esc(target)}</code> in "
+              f"<code>{_esc(module or 'the top-level forward')}</code></li>"
+              for (target, module), count in list(groups.items())[:_SHOWN_GROUPS]]
+    if len(groups) > _SHOWN_GROUPS:
+        items.append(f"<li>and {len(groups) - _SHOWN_GROUPS} more groups "
+                     "(every node is in <code>--format json</code>)</li>")
     if not items:
         return ""
     head = (f"{len(uncounted)} node(s) not counted: the score leaves them out" if uncounted
@@ -364,7 +373,8 @@ def _change_row(change: dict[str, Any]) -> str:
 
     return "<tr>" + "".join([
         _cell(change["name"], css="name"), _cell(change["status"], css="text"),
-        pair("params"), pair("effective_ops"), pair("bits", numeric=False), pair("sparsity"),
+        pair("params"), pair("effective_params"), pair("effective_ops"),
+        pair("bits", numeric=False), pair("sparsity"),
         _cell(_score(a["score"]) if a else "-", a["score"] if a else 0),
         _cell(_score(b["score"]) if b else "-", b["score"] if b else 0),
         _cell(_change(change["score_change"]), change["score_change"],
@@ -372,11 +382,14 @@ def _change_row(change: dict[str, Any]) -> str:
     ]) + "</tr>"
 
 
-_CHANGE_COLUMNS = (("layer", False), ("change", False), ("params", True), ("ops", True),
+_CHANGE_COLUMNS = (("layer", False), ("change", False), ("params", True), ("storage", True),
+                   ("ops", True),
                    ("bits w/a", False), ("sparsity", True), ("score A", True),
                    ("score B", True), ("score change", True))
-_COMPARE_TOTALS = (("score", _score), ("params_score", _score), ("ops_score", _score),
-                   ("params", _exact), ("ops", _exact))
+# The comparison's `params` are stored values in 32-bit equivalents: the terminal's "storage".
+_COMPARE_TOTALS = (("score", _score, "score"), ("params_score", _score, "params part"),
+                   ("ops_score", _score, "ops part"),
+                   ("params", _exact, "storage (32-bit eq.)"), ("ops", _exact, "ops (32-bit eq.)"))
 
 
 def _delta(value: float, score: bool) -> str:
@@ -387,11 +400,17 @@ def compare_html(data: dict[str, Any]) -> str:
     """The page for one JSON comparison (the keys of `compare --format json`: a, b, change,
     rules, baseline, layers). Raises KeyError for a missing key."""
     a, b, delta, base = data["a"], data["b"], data["change"], data["baseline"]
+    raw = {side: sum(row[side]["params"] for row in data["layers"] if row[side])
+           for side in ("a", "b")}  # values stored, raw count, as the terminal shows them
+    a, b = {**a, "raw_params": raw["a"]}, {**b, "raw_params": raw["b"]}
+    delta = {**delta, "raw_params": raw["b"] - raw["a"]}
     totals = [
-        f"<tr><td>{key.replace('_', ' ')}</td><td>{_total('a-' + key, a[key], fmt(a[key]))}</td>"
+        f"<tr><td>{label}</td><td>{_total('a-' + key, a[key], fmt(a[key]))}</td>"
         f"<td>{_total('b-' + key, b[key], fmt(b[key]))}</td><td>"
         f"{_total('change-' + key, delta[key], _delta(delta[key], fmt is _score))}"
-        f"{_esc(_relative(a[key], b[key]))}</td></tr>" for key, fmt in _COMPARE_TOTALS]
+        f"{_esc(_relative(a[key], b[key]))}</td></tr>"
+        for key, fmt, label in (*_COMPARE_TOTALS[:3], ("raw_params", _exact, "params"),
+                                *_COMPARE_TOTALS[3:])]
     changed = [change for change in data["layers"] if change["status"] != "same"]
     chart = (_figure("changes", changes_figure(changed)) if changed
              else '<p class="note">No row changed.</p>')

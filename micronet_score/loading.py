@@ -71,11 +71,14 @@ def load_model(
             "export the model with torch.export.export(...) and torch.export.save(...) instead"
         )
     if kind == "export":
+        _no_arch(spec, "an exported program", arch, arch_kwargs)
         return from_exported(_load_exported(path, trust))
     loaded = _load_pickle(path, trust)
     if isinstance(loaded, torch.export.ExportedProgram):
+        _no_arch(spec, "an exported program", arch, arch_kwargs)
         return from_exported(loaded)
     if isinstance(loaded, nn.Module):
+        _no_arch(spec, "a whole model", arch, arch_kwargs)
         return LoadedModel(loaded, None)
     state = _state_dict(loaded)
     if state is None:
@@ -91,6 +94,15 @@ def load_model(
     model = build_from_factory(arch, arch_kwargs)
     _load_state(model, state, spec)
     return LoadedModel(model, None)
+
+
+def _no_arch(spec: str, what: str, arch: str | None, arch_kwargs: object) -> None:
+    """--arch builds the model a state_dict belongs to; given with a whole model it would be
+    silently ignored, and the user would believe the score is of the model it names."""
+    if arch is not None or arch_kwargs:
+        option = "--arch" if arch is not None else "--arch-kwargs"
+        raise UserError(f"{spec} holds {what}, which needs no {option} (it is used only with a "
+                        f"state_dict); drop {option}")
 
 
 def from_exported(program: torch.export.ExportedProgram) -> LoadedModel:

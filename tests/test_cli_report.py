@@ -209,6 +209,19 @@ def test_no_ansi_when_piped_and_no_color_respected(files: dict[str, str]) -> Non
     assert "score:" in ANSI.sub("", no_color.stdout)
 
 
+@pytest.mark.parametrize("columns", ["30", "45", "56"])
+def test_a_narrow_terminal_never_cuts_a_number(files: dict[str, str], columns: str) -> None:
+    """Below the table's 64-column floor, lines run past the terminal instead of `8.…`."""
+    options = ["--baseline", files["baseline"], "--depth", "1"]
+    for app, models in ((compare_app, [files["nested"], files["nested"]]),
+                        (score_app, [files["nested"]])):
+        result = runner.invoke(app, [*models, *options], env={"COLUMNS": columns})
+        assert result.exit_code == 0, result.output
+        assert "…" not in result.stdout
+        lines = [line for line in result.stdout.splitlines() if files["tmp"] not in line]
+        assert max(len(line) for line in lines) <= 64  # the paths of A and B aside
+
+
 def test_80_columns_keeps_every_figure_legible(files: dict[str, str]) -> None:
     result = run(files["nested"], "--baseline", files["baseline"], "--no-freebie",
                  env={"COLUMNS": "80"})

@@ -262,3 +262,14 @@ def test_the_warnings_reach_every_format(
             assert json.loads(text)["warnings"] == [IMAGENET_AT_32, THOUSAND_CLASSES]
         elif fmt != "csv":
             assert IMAGENET_AT_32 in text and THOUSAND_CLASSES in text, fmt
+
+
+def test_arch_with_a_whole_model_is_refused_not_ignored(tmp_path: Path) -> None:
+    from micronet_score.errors import UserError
+    from micronet_score.loading import load_model
+
+    sample = Path(__file__).parents[1] / "sample_models" / "densenet121_gr4_cifar.pt2"
+    with pytest.raises(UserError, match="holds an exported program, which needs no --arch"):
+        load_model(str(sample), arch="torchvision.models:resnet18")
+    with pytest.raises(UserError, match="needs no --arch-kwargs"):
+        load_model(str(sample), arch_kwargs={"width": 2})

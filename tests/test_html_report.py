@@ -189,6 +189,38 @@ def test_every_string_from_the_report_is_escaped() -> None:
     assert HOSTILE not in compare_html(comparison)
 
 
+def test_uncounted_nodes_are_grouped_as_in_the_table() -> None:
+    uncounted = [{"node": f"cumsum_{i}", "target": "cumsum", "module": f"blocks.{i % 12}"}
+                 for i in range(36)]
+    page = score_html(_report([_layer("head", "head", 1.0)], uncounted=uncounted))
+    assert "36 node(s) not counted" in page
+    assert page.count("3 &times; <code>cumsum</code> in <code>blocks.") == 10
+    assert "and 2 more groups" in page
+    assert "cumsum_35" not in page  # one line per group, not per node
+
+
+def test_the_comparison_shows_params_and_storage_as_the_terminal_does() -> None:
+    def row(params: int, storage: float) -> dict[str, Any]:
+        return {"name": "dense3", "op": "4 nodes", "output_shape": [8], "layers": 4,
+                "params": params, "sparsity": 0.5, "weight_bits": [32], "act_bits": [32],
+                "storage_format": "sparse", "effective_params": storage, "mults": 10,
+                "adds": 9, "effective_ops": 19.0, "share": 1.0, "score": 0.2}
+
+    change = {"name": "dense3", "status": "changed", "score_change": -0.05,
+              "a": row(47_900, 23_950.0), "b": row(47_900, 14_200.0)}
+    totals = {"score": 0.2, "params_score": 0.1, "ops_score": 0.1, "ops": 19.0}
+    comparison = {"a": {"model": "a.pt2", **totals, "params": 23_950.0, "freebie": True},
+                  "b": {"model": "b.pt2", **totals, "params": 14_200.0, "freebie": True},
+                  "change": {**dict.fromkeys(totals, 0.0), "params": -9_750.0},
+                  "rules": "micronet", "baseline": _report([])["baseline"], "layers": [change]}
+    page = compare_html(comparison)
+    shown = _totals(page)
+    assert shown["a-raw_params"] == (47_900.0, "47,900")  # raw params, unchanged by pruning
+    assert shown["b-params"] == (14_200.0, "14,200")  # the 32-bit storage, which fell
+    assert "<td>storage (32-bit eq.)</td>" in page and "<td>params</td>" in page
+    assert "23.9K -&gt; 14.2K" in page  # the row's storage column shows the pruning
+
+
 def test_plotly_is_imported_only_to_draw() -> None:
     code = "import sys, micronet_score.html_report; print('plotly' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -168,3 +168,26 @@ def test_vision_transformer_has_no_uncounted_op() -> None:
     assert {"multihead_attention", "layer_norm", "gelu", "linear", "conv"} <= ops
     # Dense ViT-B/16: 86,567,656 values.
     assert report.params == 86_567_656
+
+
+@pytest.mark.parametrize("spelling", ["module", "function"])
+def test_stochastic_depth_is_the_identity_at_inference(spelling: str) -> None:
+    """torchvision's StochasticDepth (efficientnet, convnext, swin) returns its input in eval
+    mode: free, not uncounted (it made --strict fail on efficientnet_b0 and convnext_tiny)."""
+    from torchvision.ops import StochasticDepth, stochastic_depth
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+            self.drop = StochasticDepth(0.2, "row")
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.fc(x)
+            y = self.drop(y) if spelling == "module" else stochastic_depth(y, 0.2, "row", False)
+            return x + y
+
+    report = score_model(Block().eval(), input_shape=(4,), freebie=False)
+    assert report.uncounted == ()
+    # linear: 16 mults, 12 + 4 adds; the residual add: 4 adds; stochastic depth: nothing.
+    assert (report.mults, report.adds) == (16, 12 + 4 + 4)
