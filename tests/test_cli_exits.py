@@ -312,3 +312,21 @@ def test_a_factory_cannot_give_a_verdict_through_typer(tmp_path: Path, raised: s
     code, out, err = run(f"{source}:build", "--max-score", "1")
     assert_one_error_line(code, err, "code from the model or a factory raised")
     assert out == ""
+
+
+def test_warnings_from_torch_or_the_model_become_one_note(tmp_path: Path) -> None:
+    source = tmp_path / "noisy.py"
+    source.write_text(
+        "import warnings\nfrom torch import nn\n\n\ndef build():\n"
+        "    for i in range(5):\n"
+        "        warnings.warn(f'deprecated thing {i}', DeprecationWarning)\n"
+        "    return nn.Sequential(nn.Conv2d(3, 2, 1))\n"
+    )
+    code, _, err = run(f"{source}:build", "--input-shape", "3,4,4", "--format", "json")
+    assert code == 0, err
+    notes = [line for line in err.splitlines() if line.startswith("note:")]
+    assert notes == ["note: 5 warning(s) from torch or the model's code hidden "
+                     "(DeprecationWarning); rerun with --debug to see them"]
+    assert "deprecated thing" not in err
+    code, _, err = run(f"{source}:build", "--input-shape", "3,4,4", "--format", "json", "--debug")
+    assert "note:" not in err  # --debug hides nothing (pytest itself collects the warnings)
