@@ -14,7 +14,7 @@ from micronet_score.bits import declarations
 from micronet_score.count import count, summarize
 from micronet_score.errors import UserError
 from micronet_score.graph import trace
-from micronet_score.input_fit import fit_warnings, fixed_shape_explained
+from micronet_score.input_fit import check_size_ranges, fit_warnings, fixed_shape_explained
 from micronet_score.limits import MAX_INPUT_ELEMENTS, check_input_elements
 from micronet_score.loading import from_exported
 from micronet_score.results import Report
@@ -57,6 +57,7 @@ def score_model(
             f"no input shape: baseline '{base.name}' has none; pass --input-shape, e.g. 3,32,32"
         )
     check_input_elements(shape, max_input_elements)
+    check_size_ranges(model, shape)
     declared = declarations(bits, weight_bits, act_bits)
     with _collector_paused(), fixed_shape_explained(model, shape):
         counts = count(trace(model, shape, input_dtype), rule_set, declared, accumulator_bits)

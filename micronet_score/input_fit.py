@@ -254,3 +254,25 @@ def _dim_name(index: int, rank: int) -> str:
     if rank == 4 and index in (2, 3):
         return ("height", "width")[index - 2]
     return f"dim{index}"
+
+
+def check_size_ranges(model: nn.Module, shape: tuple[int, ...]) -> None:
+    """Refuse a `shape` (no batch) outside the sizes an exported program was exported for: its
+    graph is valid only there (torch's own guards refuse other sizes), so a count outside would
+    be of a program that does not exist. Raises UserError naming the dimension and its range."""
+    from micronet_score.loading import SIZE_RANGES
+
+    meta = getattr(model, "meta", None)
+    ranges = meta.get(SIZE_RANGES) if isinstance(meta, dict) else None
+    if not ranges or len(ranges) != len(shape):
+        return
+    for dim, (size, (low, high)) in enumerate(zip(shape, ranges, strict=True), start=1):
+        if low == high and size != low:
+            return  # a fixed size: fixed_shape_explained says it better, with the export recipe
+        if size < low or (high is not None and size > high):
+            allowed = f"{low} to {high}" if high is not None else f"{low} or more"
+            raise UserError(
+                f"input shape {_shape(shape)}: dimension {dim} is {size}, but the program was "
+                f"exported for sizes {allowed} there; score it inside that range, or export it "
+                "again with a wider torch.export.Dim(min=..., max=...)"
+            )

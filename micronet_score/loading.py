@@ -110,13 +110,37 @@ def from_exported(program: torch.export.ExportedProgram) -> LoadedModel:
     placeholders = {
         node.name: node for node in program.graph.nodes if node.op == "placeholder"
     }
-    shape = None
+    shape, ranges = None, None
     for name in program.graph_signature.user_inputs:
         value = placeholders[name].meta.get("val")
         if isinstance(value, torch.Tensor):
-            shape = tuple(int(d) for d in value.shape[1:])
+            # A dynamic size's example value, read without `int()`: that would specialize the
+            # symbol, changing the program's shape environment (the caller's object).
+            shape = tuple(int(d.node.hint) if isinstance(d, torch.SymInt) else int(d)
+                          for d in value.shape[1:])
+            ranges = tuple(_size_range(program, d) for d in value.shape[1:])
             break
-    return LoadedModel(program.module(), shape)
+    module = program.module()
+    # Ours to annotate (made just now): the sizes each input dimension was exported for.
+    module.meta[SIZE_RANGES] = ranges
+    return LoadedModel(module, shape)
+
+
+SIZE_RANGES = "micronet_score.input_size_ranges"
+
+
+def _size_range(program: torch.export.ExportedProgram, size: object) -> tuple[int, int | None]:
+    """(lowest, highest or None for unbounded) sizes a dimension accepts: its own size when
+    it was not declared dynamic, else the range torch.export recorded for its symbol."""
+    if not isinstance(size, torch.SymInt):
+        return int(size), int(size)  # type: ignore[call-overload]
+    # By name: the graph's symbol and the constraint's key may carry other assumptions.
+    named = {str(symbol): bounds for symbol, bounds in program.range_constraints.items()}
+    bounds = named.get(str(size.node.expr))
+    if bounds is None:
+        return 0, None
+    upper = bounds.upper
+    return int(bounds.lower), None if upper.is_infinite or int(upper) > 2**62 else int(upper)
 
 
 def _looks_like_factory(spec: str) -> bool:

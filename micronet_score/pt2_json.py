@@ -297,6 +297,7 @@ _SYMPY_CALLS: dict[str, Callable[..., Any]] = {
     **{name: getattr(sympy_functions, name) for name in _TORCH_SYMPY},
     **{name: getattr(sympy, name) for name in _SYMPY},
 }
+_MAX_POWER = 8  # a tensor of 8 dimensions of one shared size
 _ASSUMPTIONS = frozenset({"integer", "positive", "nonnegative", "negative", "nonpositive", "real",
                           "finite", "zero", "nonzero", "rational", "extended_real"})
 
@@ -334,6 +335,13 @@ def _sym_node(node: ast.expr, where: str) -> Any:
         ) or not all(key in _ASSUMPTIONS and type(v) is bool for key, v in flags.items()):
             raise refused
         return sympy.Symbol(symbol, **{str(k): v for k, v in flags.items()})
+    if name == "Pow" and len(args) == 2 and not keywords:
+        # Strides of a tensor whose dims share one size are powers of it (3*s**2). A small
+        # literal exponent only: a large one would make sympy compute a huge number.
+        exponent = _sym_node(args[1], where)
+        if not (isinstance(exponent, sympy.Integer) and 0 <= int(exponent) <= _MAX_POWER):
+            raise refused
+        return sympy.Pow(_sym_node(args[0], where), exponent)
     if name in _SYMPY_CALLS and not keywords:
         return _SYMPY_CALLS[name](*(_sym_node(arg, where) for arg in args))
     raise refused

@@ -273,3 +273,29 @@ def test_arch_with_a_whole_model_is_refused_not_ignored(tmp_path: Path) -> None:
         load_model(str(sample), arch="torchvision.models:resnet18")
     with pytest.raises(UserError, match="needs no --arch-kwargs"):
         load_model(str(sample), arch_kwargs={"width": 2})
+
+
+def test_a_program_exported_for_a_size_range_is_scored_only_inside_it(tmp_path: Path) -> None:
+    """One `Dim` shared by height and width makes strides powers of it (3*s**2), which the safe
+    reader must accept; sizes outside the exported range are refused, as torch's guards do."""
+    from micronet_score import score_model
+    from micronet_score.errors import UserError
+    from micronet_score.loading import load_model
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU())
+    side = torch.export.Dim("side", min=8, max=512)
+    program = torch.export.export(model, (torch.zeros(1, 3, 32, 32),),
+                                  dynamic_shapes=({2: side, 3: side},))
+    path = tmp_path / "ranged.pt2"
+    torch.export.save(program, path)
+    loaded = load_model(str(path))
+    assert loaded.recorded_shape == (3, 32, 32)
+    at_64 = score_model(loaded.module, input_shape=(3, 64, 64), freebie=False)
+    # conv: 27 mults and 26 + 1 adds per output, 4x64x64 outputs; relu: 1 op per output.
+    assert (at_64.mults, at_64.adds) == (27 * 4 * 64 * 64 + 4 * 64 * 64, 27 * 4 * 64 * 64)
+    for size in (600, 4):
+        with pytest.raises(UserError, match=f"dimension 2 is {size}, but the program was "
+                                            "exported for sizes 8 to 512"):
+            score_model(loaded.module, input_shape=(3, size, size))
+    score_model(program, input_shape=(3, 16, 16))  # the caller's program is left as it was
+    assert tuple(program.module()(torch.zeros(1, 3, 64, 64)).shape) == (1, 4, 64, 64)

@@ -484,3 +484,14 @@ def test_class_names_recorded_in_a_program_never_import_a_module() -> None:
     assert _torch_class(f"{name}.Anything") is None
     assert name not in sys.modules
     assert _torch_class("torch.nn.modules.conv.Conv2d") is nn.Conv2d
+
+
+def test_a_power_in_a_symbolic_size_has_a_small_literal_exponent() -> None:
+    from micronet_score.pt2_json import Refused, _sym_expr
+
+    square = "Pow(Symbol('s1', positive=True, integer=True), Integer(2))"
+    assert _sym_expr(square, "stride") == square
+    for text in ("Pow(Integer(10), Integer(1000000000))",  # sympy would build a huge number
+                 "Pow(Symbol('s1'), Symbol('s2'))"):
+        with pytest.raises(Refused):
+            _sym_expr(text, "stride")
