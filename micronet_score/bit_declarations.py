@@ -59,9 +59,9 @@ def declarations(
     """All declarations in priority order (later wins); global widths come first."""
     found: list[BitsDeclaration] = []
     if weight_bits is not None or act_bits is not None:
-        for value in (weight_bits, act_bits):
+        for option, value in (("--weight-bits", weight_bits), ("--act-bits", act_bits)):
             if value is not None:
-                _check_width(value, str(value))
+                _check_width(value, f"{option} {value}")
         found.append(BitsDeclaration("*", weight_bits, act_bits))
     if isinstance(bits, Mapping):
         found.extend(parse_declaration(f"{pattern}={value}") for pattern, value in bits.items())

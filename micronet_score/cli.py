@@ -311,9 +311,12 @@ def compare(
         typer.echo(line, err=True)
     comparison = compare_reports(before, after, (model_a, model_b), common.depth)
     sys.stdout.flush()
-    for label, report in (("A", before), ("B", after)):
-        for line in warning_lines(report):
-            typer.echo(f"{label}: {line}", err=True)
+    warned_a, warned_b = warning_lines(before), warning_lines(after)
+    for line in warned_a:  # a warning both models get is said once
+        typer.echo(f"{'A and B' if line in warned_b else 'A'}: {line}", err=True)
+    for line in warned_b:
+        if line not in warned_a:
+            typer.echo(f"B: {line}", err=True)
     renderer = FORMATS[output_format]
     parts, make = renderer.compare_parts, renderer.compare
     assert make is not None  # the choices hold only formats that compare

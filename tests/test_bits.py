@@ -114,3 +114,12 @@ def test_declaration_matching() -> None:
     assert declaration.matches("dense3.5.conv2")
     assert not declaration.matches("dense30")
     assert parse_declaration("*.conv2=4").matches("dense1.0.conv2")
+
+
+def test_an_out_of_range_global_width_names_its_option() -> None:
+    from micronet_score.bit_declarations import declarations
+
+    with pytest.raises(UserError, match="'--weight-bits 99': use 1 to 64 bits"):
+        declarations(None, weight_bits=99)
+    with pytest.raises(UserError, match="'--act-bits 0'"):
+        declarations(None, act_bits=0)
