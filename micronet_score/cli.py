@@ -238,6 +238,9 @@ def score(
         float | None, typer.Option(help="Exit with code 1 when the score is above this bar.")
     ] = None,
     strict: Annotated[bool, typer.Option(help="Exit with code 2 if any op is uncounted.")] = False,
+    allow_uncounted: Annotated[list[str] | None, typer.Option(
+        help="An uncounted op (fnmatch pattern on its name, e.g. cumsum) that --max-score may "
+        "pass over; repeatable. Without it, any uncounted node fails the gate.")] = None,
     common: Common = COMMON,
 ) -> None:
     """Count a model's parameters and operations under the MicroNet rules, and score it."""
@@ -251,7 +254,7 @@ def score(
         report = guarded(common.debug, lambda: analyse(model, checked, progress))
     for line in notes:
         typer.echo(line, err=True)
-    view = View(common.depth, sort, top, max_score)
+    view = View(common.depth, sort, top, max_score, tuple(allow_uncounted or ()))
     renderer = FORMATS[output_format]
     parts = renderer.score_parts
     if parts is not None and common.output is None:
@@ -265,7 +268,7 @@ def score(
     if strict and report.uncounted:
         fail(strict_failure(report))
     if max_score is not None:
-        passed, verdict = gate(report.score, max_score)
+        passed, verdict = gate(report, max_score, view.allow_uncounted)
         typer.echo(verdict, err=True)
         if not passed:
             raise typer.Exit(EXIT_OVER_BUDGET)

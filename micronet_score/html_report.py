@@ -11,6 +11,7 @@ when a page is rendered, so the CLI does not start slower.
 
 from __future__ import annotations
 
+import fnmatch
 import html
 import math
 from collections import Counter
@@ -248,16 +249,23 @@ def _warnings(data: dict[str, Any]) -> str:
     return f'<div class="warn" id="warnings"><b>{head}</b><ul>{"".join(items)}</ul></div>'
 
 
-def _gate(score: float, max_score: float | None) -> str:
+def _gate(data: dict[str, Any], max_score: float | None, allowed: Sequence[str]) -> str:
+    """The verdict as `--max-score` gives it: FAIL while uncounted nodes that `allowed` does
+    not accept remain, whatever the score (see `views.blocking_uncounted`)."""
     if max_score is None:
         return ""
-    passed = score <= max_score
+    blocked = [u for u in data["uncounted"]
+               if not any(fnmatch.fnmatchcase(u["target"], pattern) for pattern in allowed)]
+    if blocked:
+        return ('<dt>gate</dt><dd id="gate"><span class="fail">FAIL</span>: the count is '
+                f"incomplete ({len(blocked)} node(s) not counted), so the score is no verdict</dd>")
+    passed = data["score"] <= max_score
     word, css, verdict = ("PASS", "pass", "at or under") if passed else ("FAIL", "fail", "above")
     return (f'<dt>gate</dt><dd id="gate"><span class="{css}">{word}</span>: the score is '
             f"{verdict} --max-score {max_score:g}</dd>")
 
 
-def _summary(data: dict[str, Any], max_score: float | None) -> str:
+def _summary(data: dict[str, Any], max_score: float | None, allowed: Sequence[str]) -> str:
     base = data["baseline"]
     freebie = "applied" if data["freebie"] else "not applied"
 
@@ -279,7 +287,7 @@ def _summary(data: dict[str, Any], max_score: float | None) -> str:
     items = "".join(f"<dt>{label}</dt><dd>{value}</dd>" for label, value in rows)
     return (f'<p class="headline">MicroNet score <b>'
             f'{_total("score", data["score"], _score(data["score"]))}</b> (lower is better)</p>'
-            f'{_warnings(data)}<dl class="summary">{items}{_gate(data["score"], max_score)}</dl>')
+            f'{_warnings(data)}<dl class="summary">{items}{_gate(data, max_score, allowed)}</dl>')
 
 
 def _cell(text: str, value: object = None, css: str = "") -> str:
@@ -335,14 +343,16 @@ def _page(title: str, body: Sequence[str]) -> str:
         title=_esc(title), body="\n".join(body))
 
 
-def score_html(data: dict[str, Any], max_score: float | None = None) -> str:
+def score_html(data: dict[str, Any], max_score: float | None = None,
+               allowed: Sequence[str] = ()) -> str:
     """The page for one JSON report (the keys of `--format json`); `max_score` adds the gate's
-    verdict (PASS at or under the bar, as `--max-score`). Raises KeyError for a missing key."""
+    verdict as `--max-score` gives it, `allowed` the uncounted ops it accepts
+    (`--allow-uncounted`). Raises KeyError for a missing key."""
     layers = data["layers"]
     chart = (_figure("treemap", treemap_figure(layers)) if data["score"] > 0
              else '<p class="note">The score is 0: there is nothing to draw.</p>')
     return _page(f"MicroNet score {_score(data['score'])}", [
-        "<h1>MicroNet score report</h1>", _summary(data, max_score),
+        "<h1>MicroNet score report</h1>", _summary(data, max_score, allowed),
         "<h2>Where the score goes</h2>",
         '<p class="note">Area: share of the score. Click a tile to zoom in, the bar above it to '
         "zoom out; hover for the figures.</p>", chart,

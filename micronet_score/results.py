@@ -135,8 +135,14 @@ class Report:
     input_shape: tuple[int, ...]
     trace_method: str
     layers: tuple[Layer, ...]
-    uncounted: tuple[Uncounted, ...]
+    uncounted: tuple[Uncounted, ...] = field(metadata=column(then=("complete",)))
     warnings: tuple[str, ...]
+
+    @property
+    def complete(self) -> bool:
+        """Whether every node was counted: with any node uncounted the score is a lower bound
+        and the --max-score gate fails unless the user accepts those ops."""
+        return not self.uncounted
 
     def to_dict(self) -> dict[str, Any]:
         return record(self)

@@ -6,11 +6,12 @@ Plain data, no text: the renderers in `micronet_score.report` turn these into ta
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from micronet_score.results import Layer, Report, column, record
+from micronet_score.results import Layer, Report, Uncounted, column, record
 
 SORTS = ("order", "score")
 
@@ -21,13 +22,16 @@ class View:
 
     `depth` sums the layers under each module-path prefix of that many parts (None: one row per
     node); `sort` is "order" (graph order) or "score" (heaviest first); `top` keeps the N heaviest
-    rows, in the chosen order; `max_score` adds the gate's verdict to the summary.
+    rows, in the chosen order; `max_score` adds the gate's verdict to the summary, and
+    `allow_uncounted` lists the patterns of uncounted ops (fnmatch, on the op's name) that the
+    gate accepts (see `blocking_uncounted`).
     """
 
     depth: int | None = None
     sort: str = "order"
     top: int | None = None
     max_score: float | None = None
+    allow_uncounted: tuple[str, ...] = ()
 
 
 WHOLE = View()  # every row, in graph order
@@ -160,10 +164,19 @@ class UncountedGroup:
     nodes: tuple[str, ...]
 
 
-def uncounted_groups(report: Report) -> tuple[UncountedGroup, ...]:
-    """The report's uncounted nodes grouped by target and module path, in order of first node."""
+def blocking_uncounted(report: Report, allowed: Sequence[str] = ()) -> tuple[Uncounted, ...]:
+    """The uncounted nodes the gate may not pass over: all but those whose op matches one of the
+    `allowed` patterns. A score that leaves out work is no verdict unless the user accepts it."""
+    return tuple(u for u in report.uncounted
+                 if not any(fnmatch.fnmatchcase(u.target, p) for p in allowed))
+
+
+def uncounted_groups(report: Report, nodes: Sequence[Uncounted] | None = None
+                     ) -> tuple[UncountedGroup, ...]:
+    """The report's uncounted nodes (or `nodes` of them) grouped by target and module path, in
+    order of first node."""
     groups: dict[tuple[str, str], list[str]] = {}
-    for node in report.uncounted:
+    for node in report.uncounted if nodes is None else nodes:
         groups.setdefault((node.target, node.module), []).append(node.node)
     return tuple(UncountedGroup(target, module, tuple(nodes))
                  for (target, module), nodes in groups.items())

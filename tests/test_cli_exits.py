@@ -330,3 +330,33 @@ def test_warnings_from_torch_or_the_model_become_one_note(tmp_path: Path) -> Non
     assert "deprecated thing" not in err
     code, _, err = run(f"{source}:build", "--input-shape", "3,4,4", "--format", "json", "--debug")
     assert "note:" not in err  # --debug hides nothing (pytest itself collects the warnings)
+
+
+def test_the_gate_never_passes_an_incomplete_count(tmp_path: Path) -> None:
+    """A score that leaves out work is no verdict: --max-score 1 fails on a model with an
+    uncounted op (its score is 0 here) unless the user accepts that op by name."""
+    source = tmp_path / "odd.py"
+    source.write_text("import torch\nfrom torch import nn\n\n\nclass Odd(nn.Module):\n"
+                      "    def forward(self, x):\n        return torch.cumsum(x, 1)\n\n\n"
+                      "def build():\n    return Odd()\n")
+    model = f"{source}:build"
+    code, out, err = run(model, "--input-shape", "4", "--max-score", "1")
+    assert code == 1
+    assert err.splitlines()[-1] == (
+        "FAIL: the count is incomplete (1 node not counted: 1 × cumsum in the top-level "
+        "forward), so the score is no verdict; accept them with --allow-uncounted OP if they "
+        "cost nothing")
+    assert "gate:        FAIL, the count is incomplete (nodes not counted)" in out
+    for accepted in ("cumsum", "cum*", "*"):
+        code, _, err = run(model, "--input-shape", "4", "--max-score", "1",
+                           "--allow-uncounted", accepted)
+        assert code == 0, err
+        assert err.splitlines()[-1].startswith("PASS")
+    code, _, err = run(model, "--input-shape", "4", "--max-score", "1",
+                       "--allow-uncounted", "fft*")
+    assert code == 1
+    code, out, _ = run(model, "--input-shape", "4", "--format", "json")
+    assert code == 0 and '"complete": false' in out
+    code, out, _ = run(model, "--input-shape", "4", "--format", "html", "--max-score", "1")
+    assert code == 1
+    assert '<span class="fail">FAIL</span>: the count is incomplete' in out

@@ -238,8 +238,9 @@ def test_summary_lines_and_gate() -> None:
     assert "rule set:    micronet" in text
     assert "16-bit freebie: not applied (turned off by the user)" in text
     assert "gate:        PASS, the score is at or under --max-score 0.5" in text
-    assert gate(0.3, 0.3) == (True, "PASS: score 0.300000 is at or under --max-score 0.3")
-    passed, line = gate(0.020000001, 0.02)
+    assert gate(replace(REPORT, score=0.3), 0.3) == (
+        True, "PASS: score 0.300000 is at or under --max-score 0.3")
+    passed, line = gate(replace(REPORT, score=0.020000001), 0.02)
     assert not passed
     assert line == "FAIL: score 0.020000001 is above --max-score 0.02"  # digits enough to differ
 

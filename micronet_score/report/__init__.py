@@ -62,7 +62,7 @@ class Renderer:
 def _html_score(report: Report, view: View, width: int) -> str:
     from micronet_score.html_report import score_html
 
-    return score_html(report.to_dict(), view.max_score)
+    return score_html(report.to_dict(), view.max_score, view.allow_uncounted)
 
 
 def _html_compare(comparison: Comparison, top: int | None, width: int) -> str:

@@ -51,7 +51,8 @@ def to_markdown(report: Report, view: View = WHOLE, width: int = 0) -> str:
           + _cells(row) for row in shown),
         "| **total** | | | " + _cells(total_row(report, all_rows)),
     ]
-    summary = "\n".join(f"- {line.text}" for line in summary_lines(report, view.max_score))
+    summary_list = summary_lines(report, view.max_score, allowed=view.allow_uncounted)
+    summary = "\n".join(f"- {line.text}" for line in summary_list)
     note = f"\n_{hidden_note(hidden, len(all_rows), view.top)}._\n" if hidden else ""
     legend = ("_storage and ops in 32-bit equivalents; mults and adds are raw counts; "
               "bits are weights/activations; output shapes are per example, without the "

@@ -14,10 +14,10 @@ from micronet_score.report.numbers import (
     format_score_against,
     format_shape,
 )
-from micronet_score.views import UncountedGroup, uncounted_groups
+from micronet_score.views import UncountedGroup, blocking_uncounted, uncounted_groups
 
 if TYPE_CHECKING:
-    from micronet_score.results import Report
+    from micronet_score.results import Report, Uncounted
     from micronet_score.rules import Baseline
 
 INDENT = 13  # where the values of the summary start, and where a reflowed line continues
@@ -74,8 +74,8 @@ def _nodes(count: int) -> str:
     return f"{count} node{'' if count == 1 else 's'}"
 
 
-def _named_groups(report: Report) -> str:
-    groups = uncounted_groups(report)
+def _named_groups(report: Report, nodes: Sequence[Uncounted] | None = None) -> str:
+    groups = uncounted_groups(report, nodes)
     named = ", ".join(uncounted_text(g) for g in groups[:NAMED_GROUPS])
     more = len(groups) - NAMED_GROUPS
     return named + (f" and {more} more group{'' if more == 1 else 's'}" if more > 0 else "")
@@ -96,9 +96,17 @@ def strict_failure(report: Report) -> str:
     return f"{_nodes(len(report.uncounted))} not counted (--strict): {_named_groups(report)}"
 
 
-def gate(score: float, max_score: float) -> tuple[bool, str]:
-    """The --max-score verdict and its one line: PASS at or under the bar, FAIL above it. The score
-    shows as many digits as it takes to differ from the bar."""
+def gate(report: Report, max_score: float, allowed: Sequence[str] = ()) -> tuple[bool, str]:
+    """The --max-score verdict and its one line: PASS at or under the bar, FAIL above it, and
+    FAIL whatever the score while nodes are uncounted that `allowed` does not accept (a score that
+    leaves out work is no verdict). The score shows as many digits as it takes to differ from
+    the bar."""
+    blocking = blocking_uncounted(report, allowed)
+    if blocking:
+        return False, (f"FAIL: the count is incomplete ({_nodes(len(blocking))} not counted: "
+                       f"{_named_groups(report, blocking)}), so the score is no verdict; "
+                       "accept them with --allow-uncounted OP if they cost nothing")
+    score = report.score
     passed = score <= max_score
     shown, bar = format_score_against(score, max_score), format_bar(max_score)
     if passed:
@@ -120,8 +128,8 @@ def _uncounted_lines(report: Report, unicode: bool) -> list[Line]:
     return lines
 
 
-def summary_lines(report: Report, max_score: float | None = None, unicode: bool = True
-                  ) -> list[Line]:
+def summary_lines(report: Report, max_score: float | None = None, unicode: bool = True,
+                  allowed: Sequence[str] = ()) -> list[Line]:
     """The few lines that answer "what does it cost and how does it compare"."""
     base = report.baseline
     freebie = "applied" if report.freebie else "not applied"
@@ -142,11 +150,12 @@ def summary_lines(report: Report, max_score: float | None = None, unicode: bool 
         *(Line("warning:", words(warning), "yellow") for warning in report.warnings),
     ]
     if max_score is not None:
-        passed = gate(report.score, max_score)[0]
+        passed = gate(report, max_score, allowed)[0]
         verdict = "at or under" if passed else "above"
-        lines.append(Line("gate:       ", (f"{'PASS' if passed else 'FAIL'},",
-                                         *words(f"the score is {verdict} --max-score"),
-                                         format_bar(max_score)),
+        reason = ((*words(f"the score is {verdict} --max-score"), format_bar(max_score))
+                  if not blocking_uncounted(report, allowed)
+                  else words("the count is incomplete (nodes not counted)"))
+        lines.append(Line("gate:       ", (f"{'PASS' if passed else 'FAIL'},", *reason),
                           "bold green" if passed else "bold red"))
     return lines
 

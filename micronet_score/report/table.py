@@ -198,7 +198,7 @@ def table_parts(report: Report, view: View = WHOLE, width: int = 100, unicode: b
         _table(kept, name_width, styles),
         _notes(notes, width),
         Text(""),
-        _lines(summary_lines(report, view.max_score, unicode), width),
+        _lines(summary_lines(report, view.max_score, unicode, view.allow_uncounted), width),
     ]
 
 
