@@ -343,7 +343,7 @@ def test_the_gate_never_passes_an_incomplete_count(tmp_path: Path) -> None:
     code, out, err = run(model, "--input-shape", "4", "--max-score", "1")
     assert code == 1
     assert err.splitlines()[-1] == (
-        "FAIL: the count is incomplete (1 node not counted: 1 × cumsum in the top-level "
+        "FAIL: the count is incomplete (1 node not counted: 1 \u00d7 cumsum in the top-level "
         "forward), so the score is no verdict; accept them with --allow-uncounted OP if they "
         "cost nothing")
     assert "gate:        FAIL, the count is incomplete (nodes not counted)" in out
