@@ -139,8 +139,16 @@ def _size_range(program: torch.export.ExportedProgram, size: object) -> tuple[in
     bounds = named.get(str(size.node.expr))
     if bounds is None:
         return 0, None
-    upper = bounds.upper
-    return int(bounds.lower), None if upper.is_infinite or int(upper) > 2**62 else int(upper)
+    return _bound(bounds.lower) or 0, _bound(bounds.upper)
+
+
+def _bound(value: object) -> int | None:
+    """A range end as an int, None for an unbounded one (sympy's oo, torch's int_oo)."""
+    try:
+        number = int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError, OverflowError, AttributeError):
+        return None
+    return number if abs(number) <= 2**62 else None
 
 
 def _looks_like_factory(spec: str) -> bool:
