@@ -15,25 +15,18 @@ import torch.fx
 
 from micronet_score.bits import BitsDeclaration, NodeBits, dtype_bits, resolve, unmatched, width
 from micronet_score.errors import UserError
-from micronet_score.facts import NodeFacts, Operand, gather_facts
-from micronet_score.formulas import (
-    FormulaContext,
-    NodeCost,
-    Ops,
-    Stored,
-    formula_for,
-    with_fused_activation,
-    with_qparams,
-)
+from micronet_score.facts import LAYER_ROLES, NodeFacts, Operand, gather_facts
 from micronet_score.graph import TracedModel
 from micronet_score.opkinds import OpKind
+from micronet_score.ops.cost import FormulaContext, NodeCost, Ops, Stored
+from micronet_score.ops.formulas_core import with_fused_activation, with_qparams
+from micronet_score.ops.index import formula_of
+from micronet_score.ops.spec import Trait
 from micronet_score.results import Layer, Report, Uncounted, per_example
 from micronet_score.rules import Baseline, RuleSet
 from micronet_score.sparsity import WeightStats, cheapest_storage, tensor_stats
 
-_FOLDS_INTO = (OpKind.CONV, OpKind.LINEAR)
-_DOT_PRODUCTS = (OpKind.CONV, OpKind.LINEAR, OpKind.CONV_TRANSPOSE)
-_NOT_LAYERS = (OpKind.QUANTIZE, OpKind.PARAMETER)
+_NOT_LAYERS = (OpKind.QUANTIZE, OpKind.PARAMETER, OpKind.BUFFER)
 
 
 @dataclass(frozen=True)
@@ -80,7 +73,7 @@ def count(
             uncounted.append(Uncounted(facts.node.name, facts.target, facts.module))
             counted.extend(_orphans(facts, traced, declared, charged, rules.default_bits))
             continue
-        if facts.kind is OpKind.OBSERVER:
+        if facts.kind == OpKind.OBSERVER:
             raise UserError(
                 f"the model is prepared for quantization but not converted: '{facts.module}' is "
                 "an observer; call convert_fx (or convert_pt2e) first, or score the float model"
@@ -94,7 +87,11 @@ def count(
             folded_bias=folded_bias.get(facts),
             folded_into=_label(folds[facts]) if facts in folds else None,
         )
-        cost = formula_for(facts.kind, rules)(facts, context)
+        cost = formula_of(facts.kind, rules.formulas.get(facts.kind, "micronet"))(facts, context)
+        if cost is None:  # the formula cannot count this instance exactly: say so, never guess
+            uncounted.append(Uncounted(facts.node.name, facts.target, facts.module))
+            continue
+        assert isinstance(cost, NodeCost)
         if facts.fused is not None:
             cost = with_fused_activation(cost, facts, context)
         cost = with_qparams(cost, facts)
@@ -110,7 +107,7 @@ def count(
         warnings.append(f"hooks were not run ({traced.skipped_hook}): what they add is not counted")
     warnings.extend(traced.notes)
     return Counts(
-        tuple(c for c in counted if c.facts.kind is not OpKind.FREE and not _empty_quantize(c)),
+        tuple(c for c in counted if c.facts.kind != OpKind.FREE and not _empty_quantize(c)),
         tuple(uncounted),
         tuple(warnings),
         traced.input_shape,
@@ -124,9 +121,9 @@ def _value_bits(all_facts: list[NodeFacts]) -> dict[torch.fx.Node, int]:
     A PT2E dequantize keeps its quantizer's width: the op reading it computes on those values."""
     bits: dict[torch.fx.Node, int] = {}
     for facts in all_facts:
-        if facts.kind is OpKind.QUANTIZE and facts.quant_bits is not None:
+        if facts.kind == OpKind.QUANTIZE and facts.quant_bits is not None:
             bits[facts.node] = facts.quant_bits
-        elif facts.kind is OpKind.FREE and facts.inputs and facts.output is not None:
+        elif facts.kind == OpKind.FREE and facts.inputs and facts.output is not None:
             known = [bits[n] for n in facts.input_nodes if n in bits]
             if known and facts.output.dtype == facts.inputs[0].dtype:
                 bits[facts.node] = max(known)
@@ -180,14 +177,14 @@ def _trains(facts: NodeFacts, traced: TracedModel) -> bool:
 
 def _empty_quantize(counted: CountedNode) -> bool:
     """A dequantize that stores nothing is pure bookkeeping: no row in the report."""
-    return counted.facts.kind is OpKind.QUANTIZE and not counted.cost.stored
+    return counted.facts.kind == OpKind.QUANTIZE and not counted.cost.stored
 
 
 def _visible(facts: NodeFacts, rules: RuleSet) -> bool:
     """Whether the rule set counts this node at all (a module-hook counter sees only modules,
     so under such rules an op without a formula is not "uncounted": it is invisible)."""
     kinds = rules.counted.kinds
-    if kinds is None or facts.kind is OpKind.FREE:
+    if kinds is None or facts.kind == OpKind.FREE:
         return True
     return facts.kind in kinds and (facts.as_module or not rules.counted.modules_only)
 
@@ -213,7 +210,7 @@ def _batch_norm_folds(
     folds: dict[NodeFacts, NodeFacts] = {}
     folded_into: set[NodeFacts] = set()
     for facts in all_facts:
-        if facts.kind is not OpKind.BATCH_NORM or not facts.node.all_input_nodes:
+        if facts.kind != OpKind.BATCH_NORM or not facts.node.all_input_nodes:
             continue
         source = facts.node.all_input_nodes[0]
         while True:
@@ -222,12 +219,12 @@ def _batch_norm_folds(
             producer = by_node.get(source)
             if producer is None:
                 break
-            if producer.kind in _FOLDS_INTO:
+            if producer.spec is not None and Trait.FOLD_TARGET in producer.spec.traits:
                 if producer not in folded_into:
                     folds[facts] = producer
                     folded_into.add(producer)
                 break
-            if producer.kind is not OpKind.FREE or producer.output != _first_input(producer):
+            if producer.kind != OpKind.FREE or producer.output != _first_input(producer):
                 break
             source = source.all_input_nodes[0]
     return folds
@@ -289,13 +286,15 @@ def _unclaimed_tensors(
     charged: set[int],
     default_bits: int,
 ) -> list[CountedNode]:
-    """Stored tensors the graph reads directly (a class token, a quantization scale) are values
-    needed for inference, so they are charged as parameters even though no layer owns them."""
-    claimed = {
+    """Stored tensors the graph reads that no formula stored (a class token added to x, a
+    quantization scale, a matrix an uncounted op reads) are values needed for inference: each is
+    charged once, as a parameter, even though no layer owns it."""
+    claimed = {  # a folded BatchNorm's statistics are consumed by the fold, not stored
         operand.identity
         for facts in all_facts
         if facts.kind not in (None, OpKind.FREE)
-        for operand in facts.operands.values()
+        for role, operand in facts.operands.items()
+        if role in LAYER_ROLES
     }
     rows = []
     for node in traced.graph.nodes:
@@ -371,7 +370,8 @@ def _global_sparsity_factors(counts: Counts, rules: RuleSet) -> tuple[float, flo
     weights = [
         counted.cost.stored[0].stats
         for counted in counts.nodes
-        if counted.facts.kind in _DOT_PRODUCTS and counted.cost.stored
+        if counted.facts.spec is not None and Trait.DOT_PRODUCT in counted.facts.spec.traits
+        and counted.cost.stored
     ]
     total = sum(w.numel for w in weights) or 1
     zeros = sum(w.zeros for w in weights)
@@ -431,7 +431,7 @@ def _layer(
         name=label,
         node=facts.node.name,
         module=facts.module,
-        op=facts.kind.value if facts.kind is not None else "",
+        op=facts.kind or "",
         target=facts.target,
         output_shape=per_example(facts.output.shape) if facts.output is not None else (),
         params=values,

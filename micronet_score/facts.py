@@ -11,7 +11,7 @@ import math
 import re
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 
 import torch
@@ -19,29 +19,27 @@ import torch.fx
 from torch import nn
 
 from micronet_score.bits import dtype_bits
-from micronet_score.classify import (
-    fused_activation,
-    module_kind,
-    node_kind,
+from micronet_score.graph import TensorInfo, TracedModel
+from micronet_score.opkinds import OpKind
+from micronet_score.ops.index import (
+    fused_relu,
+    module_spec,
+    node_spec,
     reads_stored_qparams_only,
     target_name,
 )
-from micronet_score.graph import TensorInfo, TracedModel
-from micronet_score.opkinds import OpKind
+from micronet_score.ops.spec import OpSpec, Trait, spec_of
 from micronet_score.shadow import parametrized_value
 
 _STORED_ROLES = ("weight", "bias", "running_mean", "running_var")
-# Layers made of several weight matrices: every parameter is an operand, by its own name.
-_COMPOSITE = (OpKind.MULTIHEAD_ATTENTION, OpKind.LSTM)
 # Quantization parameters read by quantize/dequantize ops (names from torch and PT2E schemas).
 QPARAM_ROLES = (
     "scale", "zero_point", "scales", "zero_points", "weight_scale", "weight_zero_point"
 )
-# Non-tensor settings some formulas need, read from the module or the call's arguments.
-_ATTRIBUTES = (
-    "kernel_size", "normalized_shape", "num_groups", "groups", "num_heads", "batch_first",
-    "hidden_size", "num_layers", "bidirectional", "proj_size", "eps",
-)
+
+
+# Stored tensors that belong to the layer reading them (never activation inputs).
+LAYER_ROLES = (*_STORED_ROLES, *QPARAM_ROLES)
 
 
 @dataclass(frozen=True, eq=False)
@@ -56,12 +54,15 @@ class Operand:
 
 @dataclass(frozen=True, eq=False)
 class NodeFacts:
-    """`inputs` are the activation inputs (stored operands excluded), `input_nodes` their nodes;
-    `fused` is an activation a fused layer applies to its output; `quant_bits` is the width a
-    quantize node bounds its values to."""
+    """`kind` is the op table's kind (None: no spec covers the node); `inputs` are the activation
+    inputs (stored operands excluded), `input_nodes` their nodes; `operands` the stored tensors the
+    node reads (a module's by role or parameter name, a call's by argument name); `args` a call's
+    arguments bound by name; `attributes` the settings its spec names; `fused` is an activation a
+    fused layer applies to its output; `quant_bits` is the width a quantize node bounds its
+    values to."""
 
     node: torch.fx.Node
-    kind: OpKind | None
+    kind: str | None
     module: str
     target: str
     inputs: tuple[TensorInfo, ...]
@@ -70,8 +71,10 @@ class NodeFacts:
     attributes: Mapping[str, object]
     as_module: bool = False
     input_nodes: tuple[torch.fx.Node, ...] = ()
-    fused: OpKind | None = None
+    fused: str | None = None
     quant_bits: int | None = None
+    spec: OpSpec | None = None
+    args: Mapping[str, object] = field(default_factory=dict)
 
     @property
     def weight(self) -> Operand | None:
@@ -108,22 +111,25 @@ def module_path(node: torch.fx.Node) -> str:
 
 def _facts(node: torch.fx.Node, traced: TracedModel) -> NodeFacts:
     root = traced.root
-    kind = node_kind(node, root)
+    spec = node_spec(node, root)
     output = traced.values.get(node)
     if output is None and node in traced.values:
-        kind = OpKind.FREE  # integer and shape arithmetic, e.g. `x.size(0) * 2`, `x.dim() == 3`
+        spec = free_spec()  # integer and shape arithmetic, e.g. `x.size(0) * 2`, `x.dim() == 3`
     module = root.get_submodule(str(node.target)) if node.op == "call_module" else None
     args = _bind(node)
-    if kind is OpKind.CONV and args.get("transposed") is True:
-        kind = OpKind.CONV_TRANSPOSE
-    operands = _module_operands(module, str(node.target)) if module is not None else {
-        role: operand
-        for role in (*_STORED_ROLES, *QPARAM_ROLES)
-        if (operand := _stored(args.get(role), root)) is not None
+    if spec is not None and spec.kind == OpKind.CONV and args.get("transposed") is True:
+        spec = spec_of(OpKind.CONV_TRANSPOSE)  # core-ATen `convolution` spells both
+    kind = spec.kind if spec is not None else None
+    operands = _module_operands(module, str(node.target), spec) if module is not None else {
+        name: operand
+        for name, value in args.items()
+        if (operand := _stored(value, root)) is not None
     }
-    if kind is OpKind.QUANTIZE and module is None and not reads_stored_qparams_only(node):
+    if kind == OpKind.QUANTIZE and module is None and not reads_stored_qparams_only(node):
         operands = {**_literal_qparams(node, args), **operands}
-    stored_nodes = {id(v) for v in args.values() if _stored(v, root) is not None}
+    # Weights, biases and quantization parameters are operands only; any other stored tensor
+    # (a position table added to x, a matrix multiplied with it) is also an input of the node.
+    stored_nodes = {id(args[role]) for role in LAYER_ROLES if role in operands and role in args}
     argument_nodes: list[torch.fx.Node] = []
     torch.fx.node.map_arg((node.args, node.kwargs), argument_nodes.append)
     activations = [  # in argument order, repeats kept: attention(x, x, x) has three inputs
@@ -132,7 +138,8 @@ def _facts(node: torch.fx.Node, traced: TracedModel) -> NodeFacts:
         if id(arg) not in stored_nodes and (info := traced.values.get(arg)) is not None
     ]
     source = vars(module) if module is not None else args
-    attributes = {name: source[name] for name in _ATTRIBUTES if name in source}
+    names = spec.attributes if spec is not None else ()
+    attributes = {name: source[name] for name in names if name in source}
     return NodeFacts(
         node=node,
         kind=kind,
@@ -144,9 +151,15 @@ def _facts(node: torch.fx.Node, traced: TracedModel) -> NodeFacts:
         attributes=attributes,
         as_module=_written_as_module(node, kind),
         input_nodes=tuple(arg for arg, _ in activations),
-        fused=fused_activation(node, root),
-        quant_bits=quantizer_bits(module, args) if kind is OpKind.QUANTIZE else None,
+        fused=OpKind.RELU if fused_relu(node, root) else None,
+        quant_bits=quantizer_bits(module, args) if kind == OpKind.QUANTIZE else None,
+        spec=spec,
+        args=args,
     )
+
+
+def free_spec() -> OpSpec:
+    return spec_of(OpKind.FREE)
 
 
 def _literal_qparams(node: torch.fx.Node, args: Mapping[str, object]) -> dict[str, Operand]:
@@ -173,7 +186,7 @@ def quantizer_bits(module: nn.Module | None, args: Mapping[str, object]) -> int 
     return dtype_bits(dtype) if isinstance(dtype, torch.dtype) else None
 
 
-def _written_as_module(node: torch.fx.Node, kind: OpKind | None) -> bool:
+def _written_as_module(node: torch.fx.Node, kind: str | None) -> bool:
     """Whether the node is the computation of a torch.nn layer (not a function call).
 
     Rule sets that mimic module-hook counters only see these. In exported graphs the layer is
@@ -186,7 +199,10 @@ def _written_as_module(node: torch.fx.Node, kind: OpKind | None) -> bool:
         return False
     owner = next(reversed(stack.values()))[1]
     cls = _torch_class(owner) if isinstance(owner, str) else owner
-    return isinstance(cls, type) and module_kind(cls) is kind
+    if not isinstance(cls, type):
+        return False
+    spec = module_spec(cls)
+    return spec is not None and spec.kind == kind
 
 
 @cache
@@ -261,8 +277,8 @@ def _stored_value(module: nn.Module, role: str) -> torch.Tensor | None:
     return effective_tensor(module, role)
 
 
-def _module_operands(module: nn.Module, path: str) -> dict[str, Operand]:
-    if module_kind(type(module)) in _COMPOSITE:
+def _module_operands(module: nn.Module, path: str, spec: OpSpec | None) -> dict[str, Operand]:
+    if spec is not None and Trait.COMPOSITE in spec.traits:
         return {
             name: Operand(f"{path}.{name}", _identity(module, name), value.detach())
             for name, value in module.named_parameters()
@@ -297,9 +313,10 @@ def _stored(value: object, root: nn.Module) -> Operand | None:
             if tensor is None:
                 return None
             return Operand(str(value.target), id(tensor), tensor.detach(), bits)
-        kind = node_kind(value, root) if value.op == "call_function" else None
+        spec = node_spec(value, root) if value.op == "call_function" else None
+        kind = spec.kind if spec is not None else None
         if kind in (OpKind.FREE, OpKind.QUANTIZE) and value.args:
-            if kind is OpKind.QUANTIZE and bits is None:
+            if kind == OpKind.QUANTIZE and bits is None:
                 bits = quantizer_bits(None, _bind(value))
             value = value.args[0]
             continue

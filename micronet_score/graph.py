@@ -19,9 +19,10 @@ from torch import nn
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode, unset_fake_temporarily
 from torch.utils._pytree import tree_leaves, tree_map
 
-from micronet_score.classify import function_kind, module_kind
 from micronet_score.errors import UserError
-from micronet_score.opkinds import SHAPE_PRESERVING, OpKind
+from micronet_score.opkinds import OpKind
+from micronet_score.ops.index import function_spec, module_spec
+from micronet_score.ops.spec import Trait
 from micronet_score.shadow import (
     OutsiderRefusal,
     ShadowTracer,
@@ -68,14 +69,15 @@ class TracedModel:
 
 
 class _LeafTracer(ShadowTracer):
-    """Keeps layers we have formulas for whole, and torch's own modules that have no children.
+    """Keeps layers the op table has a spec for whole, and torch's own modules without children.
 
     A torch.nn module with children (e.g. TransformerEncoderLayer) is traced through, so that the
-    layers inside it are counted one by one instead of the whole block going uncounted.
+    layers inside it are counted one by one instead of the whole block going uncounted; so is a
+    subclass of a known layer that overrides `forward` (see `module_spec`).
     """
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        if module_kind(type(m)) is not None:  # includes parametrized and pruned layers
+        if module_spec(type(m)) is not None:  # includes parametrized and pruned layers
             return True
         if isinstance(m, nn.Sequential | nn.ModuleList | nn.ModuleDict):
             return False
@@ -281,9 +283,9 @@ class _ShapeRecorder(torch.fx.Interpreter):
         return result
 
     def _shape_of(self, n: torch.fx.Node) -> object:
-        kind = self._kind(n)
+        kind, passthrough = self._kind(n)
         module = self.module.get_submodule(str(n.target)) if n.op == "call_module" else None
-        passthrough = kind in SHAPE_PRESERVING or isinstance(module, _observers())
+        passthrough = passthrough or isinstance(module, _observers())
         if passthrough and isinstance(n.args[0], torch.fx.Node):
             return self.env[n.args[0]]
         args, kwargs = self.fetch_args_kwargs_from_env(n)
@@ -301,12 +303,16 @@ class _ShapeRecorder(torch.fx.Interpreter):
             meta = torch.empty(shape, dtype=like.dtype, device="meta")
         return FakeTensor(self.mode, meta, like.device)
 
-    def _kind(self, n: torch.fx.Node) -> OpKind | None:
+    def _kind(self, n: torch.fx.Node) -> tuple[str | None, bool]:
+        """The node's kind and whether its output has its first input's shape and dtype."""
+        spec = None
         if n.op == "call_module":
-            return module_kind(type(self.module.get_submodule(str(n.target))))
-        if n.op == "call_function" and not isinstance(n.target, torch._ops.OpOverload):
-            return function_kind(n.target)
-        return None
+            spec = module_spec(type(self.module.get_submodule(str(n.target))))
+        elif n.op == "call_function" and not isinstance(n.target, torch._ops.OpOverload):
+            spec = function_spec(n.target)
+        if spec is None:
+            return None, False
+        return spec.kind, Trait.SHAPE_PRESERVING in spec.traits
 
     def call_module(
         self, target: torch.fx.node.Target, args: tuple[object, ...], kwargs: dict[str, object]

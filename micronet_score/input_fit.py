@@ -19,7 +19,7 @@ from torch import nn
 
 from micronet_score.count import CountedNode, Counts
 from micronet_score.errors import UserError
-from micronet_score.opkinds import ACTIVATIONS, OpKind
+from micronet_score.opkinds import OpKind, activation_kinds
 from micronet_score.rules import (
     Baseline,
     available_baselines,
@@ -37,7 +37,7 @@ _CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet": 1000, "imagenet1k": 1000
 _DOWNSAMPLING = 32
 _GLOBAL_POOLS = (OpKind.ADAPTIVE_AVG_POOL, OpKind.ADAPTIVE_MAX_POOL)
 # Kinds a classifier's outputs may pass through on their way to the model's output.
-_AFTER_CLASSIFIER = ACTIVATIONS | {
+_AFTER_CLASSIFIER = {
     OpKind.QUANTIZE, OpKind.BATCH_NORM, OpKind.MEAN, OpKind.AVG_POOL, OpKind.MAX_POOL,
     *_GLOBAL_POOLS,
 }
@@ -91,7 +91,7 @@ def _map_pooled(counted: CountedNode, rank: int) -> tuple[int, ...] | None:
     if facts.kind in _GLOBAL_POOLS:
         return source[2:]
     keeps_channels = result[:2] == source[:2] and facts.output.numel == source[0] * source[1]
-    if facts.kind is OpKind.MEAN and keeps_channels:
+    if facts.kind == OpKind.MEAN and keeps_channels:
         return source[2:]
     return None
 
@@ -136,9 +136,9 @@ def _classifier(counts: Counts) -> tuple[CountedNode, int] | None:
             continue  # a reshape, dropout or other free node
         kind, output = counted.facts.kind, counted.facts.output
         if kind in (OpKind.LINEAR, OpKind.CONV) and output is not None and len(output.shape) > 1:
-            outputs = output.shape[-1] if kind is OpKind.LINEAR else output.shape[1]
+            outputs = output.shape[-1] if kind == OpKind.LINEAR else output.shape[1]
             return (counted, outputs) if output.numel == outputs else None
-        if kind not in _AFTER_CLASSIFIER:
+        if kind not in _AFTER_CLASSIFIER and kind not in activation_kinds():
             return None
     return None
 

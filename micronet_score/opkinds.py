@@ -1,89 +1,71 @@
-"""The vocabulary of operation kinds that formulas, rule files and reports share.
+"""Names of the op kinds the engine itself refers to, and the views of the op table that rule
+files are checked against.
 
-Kept free of torch so that rule files can be validated (and `--help` answered) without importing it.
+The full list of kinds, with their spellings, traits and formulas, is the op table
+(`micronet_score.ops.spec`); this module only names the built-in kinds that code outside a formula
+mentions. Kept free of torch so that rule files can be validated (and `--help` answered) without
+importing it.
 """
 
 from __future__ import annotations
 
-from enum import Enum
+from typing import Final
 
 
-class OpKind(str, Enum):
-    """What a graph node computes, independent of how it was written (module, function, aten op)."""
+class OpKind:
+    """Built-in kind names (plain strings, equal to the `kind` of their spec)."""
 
-    CONV = "conv"
-    CONV_TRANSPOSE = "conv_transpose"
-    LINEAR = "linear"
-    MATMUL = "matmul"
-    BATCH_NORM = "batch_norm"
-    LAYER_NORM = "layer_norm"
-    GROUP_NORM = "group_norm"
-    EMBEDDING = "embedding"
-    ATTENTION = "scaled_dot_product_attention"
-    MULTIHEAD_ATTENTION = "multihead_attention"
-    LSTM = "lstm"
-    AVG_POOL = "avg_pool"
-    ADAPTIVE_AVG_POOL = "adaptive_avg_pool"
-    MAX_POOL = "max_pool"
-    ADAPTIVE_MAX_POOL = "adaptive_max_pool"
-    MEAN = "mean"
-    SUM = "sum"
-    ADD = "add"
-    SUB = "sub"
-    MUL = "mul"
-    DIV = "div"
-    RELU = "relu"
-    RELU6 = "relu6"
-    HARDTANH = "hardtanh"
-    SIGMOID = "sigmoid"
-    SILU = "silu"
-    HARDSWISH = "hardswish"
-    HARDSIGMOID = "hardsigmoid"
-    GELU = "gelu"
-    TANH = "tanh"
-    LEAKY_RELU = "leaky_relu"
-    ELU = "elu"
-    SOFTMAX = "softmax"
-    LOG_SOFTMAX = "log_softmax"
+    CONV: Final = "conv"
+    CONV_TRANSPOSE: Final = "conv_transpose"
+    LINEAR: Final = "linear"
+    ADDMM: Final = "addmm"
+    MATMUL: Final = "matmul"
+    BATCH_NORM: Final = "batch_norm"
+    LAYER_NORM: Final = "layer_norm"
+    GROUP_NORM: Final = "group_norm"
+    EMBEDDING: Final = "embedding"
+    AVG_POOL: Final = "avg_pool"
+    ADAPTIVE_AVG_POOL: Final = "adaptive_avg_pool"
+    MAX_POOL: Final = "max_pool"
+    ADAPTIVE_MAX_POOL: Final = "adaptive_max_pool"
+    MEAN: Final = "mean"
+    SUM: Final = "sum"
+    RELU: Final = "relu"
+    SIGMOID: Final = "sigmoid"
+    TANH: Final = "tanh"
+    SOFTMAX: Final = "softmax"
     # Moves or relabels data without arithmetic: cat, views, dropout in eval, casts.
-    FREE = "free"
+    FREE: Final = "free"
     # Quantizes, dequantizes or fake-quantizes values: no arithmetic counted, but it bounds the
     # width of the values and may store a scale and a zero point.
-    QUANTIZE = "quantize"
+    QUANTIZE: Final = "quantize"
     # An observer of a prepared, not yet converted, model: a state we refuse to score.
-    OBSERVER = "observer"
-    # A parameter or buffer read directly by the graph rather than through a counted layer.
-    PARAMETER = "parameter"
+    OBSERVER: Final = "observer"
+    # A stored tensor read directly by the graph rather than through a counted layer.
+    PARAMETER: Final = "parameter"
+    # A non-learned buffer read directly by the graph (an index table, a mask, a constant).
+    BUFFER: Final = "buffer"
 
 
-ACTIVATIONS: frozenset[OpKind] = frozenset(
-    {
-        OpKind.RELU,
-        OpKind.RELU6,
-        OpKind.HARDTANH,
-        OpKind.SIGMOID,
-        OpKind.SILU,
-        OpKind.HARDSWISH,
-        OpKind.HARDSIGMOID,
-        OpKind.GELU,
-        OpKind.TANH,
-        OpKind.LEAKY_RELU,
-        OpKind.ELU,
-        OpKind.SOFTMAX,
-        OpKind.LOG_SOFTMAX,
-    }
-)
+def all_kinds() -> tuple[str, ...]:
+    from micronet_score.ops.spec import all_specs
 
-# Kinds whose output has the input's shape and dtype: shape propagation can skip running them.
-SHAPE_PRESERVING: frozenset[OpKind] = ACTIVATIONS | {
-    OpKind.BATCH_NORM,
-    OpKind.LAYER_NORM,
-    OpKind.GROUP_NORM,
-}
+    return tuple(spec.kind for spec in all_specs())
 
-# Named formula variants a rule file may choose per op kind, and the kinds each one covers.
-# The default for every kind is "micronet".
-FORMULA_VARIANTS: dict[str, frozenset[OpKind]] = {
-    "imt_2022": frozenset({OpKind.CONV, OpKind.LINEAR, OpKind.AVG_POOL}),
-    "macs": frozenset({OpKind.CONV, OpKind.LINEAR}),
-}
+
+def activation_kinds() -> frozenset[str]:
+    """Kinds whose per-element cost a rule file's `activations` table gives."""
+    from micronet_score.ops.spec import Trait, builtin_kinds_with
+
+    return builtin_kinds_with(Trait.ACTIVATION)
+
+
+def formula_variants(kind: str) -> tuple[str, ...]:
+    """The formula variants a rule file may choose for `kind`; empty for an unknown kind."""
+    from micronet_score.ops.spec import spec_of, variants
+
+    try:
+        spec_of(kind)
+    except KeyError:
+        return ()
+    return variants(kind)

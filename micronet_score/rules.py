@@ -14,7 +14,7 @@ from typing import Any
 
 from micronet_score import schema
 from micronet_score.errors import UserError
-from micronet_score.opkinds import ACTIVATIONS, FORMULA_VARIANTS, OpKind
+from micronet_score.opkinds import activation_kinds, all_kinds, formula_variants
 from micronet_score.safe_yaml import display, read_yaml
 from micronet_score.schema import spec
 
@@ -36,11 +36,11 @@ def _includes_dense(storage: tuple[str, ...], path: str) -> str | None:
     return None if "dense" in storage else f"'{path}' must include 'dense'"
 
 
-def _known_variants(chosen: Mapping[OpKind, str], path: str) -> str | None:
+def _known_variants(chosen: Mapping[str, str], path: str) -> str | None:
     for kind, variant in chosen.items():
-        valid = ["micronet", *(v for v, kinds in FORMULA_VARIANTS.items() if kind in kinds)]
+        valid = formula_variants(kind)
         if variant not in valid:
-            return (f"unknown formula {variant!r} for '{path}.{kind.value}'; "
+            return (f"unknown formula {variant!r} for '{path}.{kind}'; "
                     f"valid: {', '.join(valid)}")
     return None
 
@@ -87,7 +87,7 @@ class CountedPolicy:
     """Which nodes a rule set sees. `kinds` None means every kind; `modules_only` ignores ops
     written as functions (a module-hook counter cannot see them)."""
 
-    kinds: frozenset[OpKind] | None
+    kinds: frozenset[str] | None = field(metadata=spec(choices=all_kinds))
     modules_only: bool
 
 
@@ -100,12 +100,13 @@ class RuleSet:
     default_bits: int = field(metadata=spec(low=1, high=MAX_BITS))
     add_width: str = field(metadata=spec(choices=ADD_WIDTHS))
     counted: CountedPolicy
-    formulas: Mapping[OpKind, str] = field(metadata=spec(check=_known_variants))
+    formulas: Mapping[str, str] = field(metadata=spec(keys=lambda: frozenset(all_kinds()),
+                                                      check=_known_variants))
     freebie: FreebiePolicy
     batch_norm: BatchNormPolicy
     sparsity: SparsityPolicy
-    activations: Mapping[OpKind, ElementCost] = field(metadata=spec(
-        keys=frozenset(kind.value for kind in ACTIVATIONS), all_keys=True
+    activations: Mapping[str, ElementCost] = field(metadata=spec(
+        keys=activation_kinds, all_keys=True
     ))
     source: str = field(metadata=spec(loaded=False))
 

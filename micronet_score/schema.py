@@ -33,8 +33,10 @@ class Spec:
 
     low: float = -math.inf
     high: float = math.inf
-    choices: tuple[str, ...] = ()
-    keys: frozenset[str] | None = None  # a mapping's allowed keys [default: any of its key type]
+    # Choices and keys may be given as a function, called when a file is checked: the op table's
+    # kinds are only known once every spec is registered.
+    choices: tuple[str, ...] | Callable[[], tuple[str, ...]] = ()
+    keys: frozenset[str] | Callable[[], frozenset[str]] | None = None  # a mapping's allowed keys
     all_keys: bool = False  # a mapping must give every allowed key
     items: tuple[int, int] = (0, 64)  # a list's least and most items
     check: Callable[[Any, str], str | None] | None = None  # (value, key path) -> problem or None
@@ -118,7 +120,7 @@ def _value(tp: Any, value: Any, field_spec: Spec, where: str, path: str) -> Any:
     if tp is str:
         return _text(value, field_spec, where, path)
     if isinstance(tp, type) and issubclass(tp, Enum):
-        valid = [m.value for m in tp if field_spec.keys is None or m.value in field_spec.keys]
+        valid = [m.value for m in tp]
         if not isinstance(value, str) or value not in valid:
             raise UserError(f"{where}: unknown value {show(value)} for '{path}'; "
                             f"valid: {', '.join(valid)}")
@@ -150,10 +152,11 @@ def _number(tp: type, value: Any, field_spec: Spec, where: str, path: str) -> in
 
 
 def _text(value: Any, field_spec: Spec, where: str, path: str) -> str:
-    if field_spec.choices:
-        if not isinstance(value, str) or value not in field_spec.choices:
+    choices = field_spec.choices() if callable(field_spec.choices) else field_spec.choices
+    if choices:
+        if not isinstance(value, str) or value not in choices:
             raise UserError(f"{where}: unknown value {show(value)} for '{path}'; "
-                            f"valid: {', '.join(field_spec.choices)}")
+                            f"valid: {', '.join(choices)}")
     elif not (isinstance(value, str) and 0 < len(value) <= MAX_TEXT and value.isprintable()):
         raise UserError(f"{where}: '{path}' must be one line of text of 1 to {MAX_TEXT} "
                         f"characters, got {show(value)}")
@@ -164,7 +167,7 @@ def _mapping(args: tuple[Any, ...], value: Any, field_spec: Spec, where: str,
              path: str) -> dict[Any, Any]:
     key_type, value_type = args
     table = _table(value, where, path)
-    valid = field_spec.keys
+    valid = field_spec.keys() if callable(field_spec.keys) else field_spec.keys
     if valid is None and isinstance(key_type, type) and issubclass(key_type, Enum):
         valid = frozenset(member.value for member in key_type)
     if valid is not None:

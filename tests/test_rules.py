@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from micronet_score import UserError
-from micronet_score.opkinds import ACTIVATIONS
+from micronet_score.opkinds import activation_kinds
 from micronet_score.rules import (
     available_baselines,
     available_rules,
@@ -33,7 +33,7 @@ def test_micronet_constants() -> None:
     assert rules.accumulator_bits == 32
     assert (rules.freebie.enabled, rules.freebie.bits) == (True, 16)
     assert rules.batch_norm.fold
-    assert set(rules.activations) == set(ACTIVATIONS)
+    assert set(rules.activations) == activation_kinds()
 
 
 @pytest.mark.parametrize(

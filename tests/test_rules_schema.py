@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from micronet_score import UserError
 from micronet_score.cli import score_app
-from micronet_score.opkinds import ACTIVATIONS
+from micronet_score.opkinds import activation_kinds
 from micronet_score.rules import Baseline, RuleSet, load_baseline, load_rules, rules_dir
 
 RULES_TEXT = (rules_dir() / "micronet.yaml").read_text()
@@ -427,7 +427,7 @@ def assert_sane_rules(rules: RuleSet) -> None:
         assert type(cost) is float and math.isfinite(cost) and 0 <= cost <= 1e6
     assert type(rules.batch_norm.params_per_channel) is int
     assert 0 <= rules.batch_norm.params_per_channel <= 1e6
-    assert set(rules.activations) == ACTIVATIONS
+    assert set(rules.activations) == activation_kinds()
     assert "dense" in rules.sparsity.storage
     for flag in (rules.freebie.enabled, rules.batch_norm.fold, rules.counted.modules_only,
                  rules.sparsity.skip_zero_weights):

@@ -1,102 +1,26 @@
-"""The registry of per-op formulas: pure functions from a node's facts to its cost.
+"""Formulas of the core op kinds: pure functions from a node's facts to its cost.
 
-A formula returns raw counts together with the bit width each count is done at; the freebie and the
+The op table (`table_core.py`) names which formula serves which kind and rule variant. A formula
+returns raw counts together with the bit width each count is done at; the freebie and the
 conversion to 32-bit equivalents happen later, once the whole model is known.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 
-from micronet_score.bits import QUANTIZED, NodeBits, dtype_bits, width
+from micronet_score.bits import QUANTIZED, dtype_bits, width
 from micronet_score.facts import QPARAM_ROLES, NodeFacts, Operand
-from micronet_score.opkinds import ACTIVATIONS, OpKind
-from micronet_score.rules import RuleSet
+from micronet_score.opkinds import OpKind
+from micronet_score.ops.cost import FormulaContext, NodeCost, Ops, Stored
 from micronet_score.sparsity import WeightStats, dense_stats
 
 K = OpKind
 
 
-@dataclass(frozen=True)
-class Ops:
-    """Raw counts plus bit-weighted sums (count * width), so costs at mixed widths add up."""
-
-    mults: float = 0.0
-    adds: float = 0.0
-    mult_bit_ops: float = 0.0
-    add_bit_ops: float = 0.0
-
-    @staticmethod
-    def at(mults: float, mult_bits: float, adds: float, add_bits: float) -> Ops:
-        return Ops(mults, adds, mults * mult_bits, adds * add_bits)
-
-    def __add__(self, other: Ops) -> Ops:
-        return Ops(
-            self.mults + other.mults,
-            self.adds + other.adds,
-            self.mult_bit_ops + other.mult_bit_ops,
-            self.add_bit_ops + other.add_bit_ops,
-        )
-
-
-@dataclass(frozen=True)
-class Stored:
-    """Values a node needs kept in memory, at `bits` each, with their zero structure."""
-
-    key: str
-    identity: int
-    stats: WeightStats
-    bits: int
-
-
-@dataclass(frozen=True)
-class NodeCost:
-    ops: Ops
-    stored: tuple[Stored, ...] = ()
-    note: str = ""
-
-
-@dataclass(frozen=True)
-class FormulaContext:
-    """Everything a formula may use besides the node's own facts.
-
-    `folded_bias` is a BatchNorm shift that becomes this layer's bias; `folded_into` names the layer
-    a BatchNorm disappears into.
-    """
-
-    rules: RuleSet
-    bits: NodeBits
-    accumulator_bits: int
-    stats: Callable[[Operand], WeightStats]
-    folded_bias: Operand | None = None
-    folded_into: str | None = None
-
-    def add_bits(self, natural: int) -> int:
-        """Width of a non-accumulating addition: its operands' width, or the accumulator's when
-        the rule set does not let additions shrink with the data."""
-        return natural if self.rules.add_width == "activation" else self.accumulator_bits
-
-
-Formula = Callable[[NodeFacts, FormulaContext], NodeCost]
 _ZERO_POINT_ROLES = ("zero_point", "zero_points", "weight_zero_point")
-FORMULAS: dict[tuple[OpKind, str], Formula] = {}
-
-
-def formula(*kinds: OpKind, variant: str = "micronet") -> Callable[[Formula], Formula]:
-    def register(function: Formula) -> Formula:
-        for kind in kinds:
-            FORMULAS[kind, variant] = function
-        return function
-
-    return register
-
-
-def formula_for(kind: OpKind, rules: RuleSet) -> Formula:
-    return FORMULAS[kind, rules.formulas.get(kind, "micronet")]
 
 
 def _out(facts: NodeFacts) -> int:
@@ -155,7 +79,6 @@ def _bias(facts: NodeFacts, ctx: FormulaContext, channels: int) -> tuple[Stored,
     return (_stored(bias, ctx.stats(bias), bits),)
 
 
-@formula(K.CONV, K.LINEAR)
 def dot_product(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
     """Each output is a dot product over the non-zero weights of its channel, plus a bias add."""
     stats, stored = _weights(facts, ctx)
@@ -169,7 +92,6 @@ def dot_product(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
     return NodeCost(ops, (*stored, *bias))
 
 
-@formula(K.CONV_TRANSPOSE)
 def transposed_conv(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
     """Every non-zero weight meets every input position once; the products are then summed
     into the outputs, so the adds are the products minus one per output (plus the bias)."""
@@ -186,7 +108,6 @@ def transposed_conv(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
     return NodeCost(ops, (*stored, *bias))
 
 
-@formula(K.BATCH_NORM)
 def batch_norm(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
     """Folded: free here (the layer it folds into carries its bias). Otherwise a per-channel
     scale and shift, whose running statistics fold into those two values."""
@@ -207,13 +128,12 @@ def batch_norm(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
     return NodeCost(ops, stored)
 
 
-@formula(K.LAYER_NORM, K.GROUP_NORM)
 def normalization(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
     """Per element: sum for the mean, centre, square, sum for the variance, scale by 1/std
     (2 mults, 3 adds). Per normalized group: divide for the mean and the variance, add eps,
     reciprocal square root (3 mults, 1 add). An affine adds 1 mult and 1 add per element."""
     elements = _out(facts)
-    if facts.kind is K.LAYER_NORM:
+    if facts.kind == K.LAYER_NORM:
         group_size = math.prod(_ints(facts.attributes["normalized_shape"]))
         groups = elements // group_size
     else:
@@ -231,7 +151,6 @@ def normalization(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
     return NodeCost(Ops.at(mults, width, adds, ctx.add_bits(width)), stored)
 
 
-@formula(K.EMBEDDING)
 def embedding(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
     """A table lookup does no arithmetic; the table is stored."""
     weight = facts.weight
@@ -239,7 +158,6 @@ def embedding(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
     return NodeCost(Ops(), (_stored(weight, ctx.stats(weight), ctx.bits.weight or 32),))
 
 
-@formula(K.MATMUL)
 def matmul(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
     """Between activations: a dot product of length n per output (n mults, n - 1 adds)."""
     length = facts.inputs[0].shape[-1]
@@ -249,7 +167,6 @@ def matmul(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
     )
 
 
-@formula(K.ATTENTION)
 def attention(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
     """softmax(q·kᵀ · scale) · v: two batched matmuls, one scaling per score and a softmax."""
     query, key, value = facts.inputs[:3]
@@ -294,7 +211,6 @@ def _all_stored(facts: NodeFacts, ctx: FormulaContext) -> tuple[Stored, ...]:
     return tuple(_stored(op, ctx.stats(op), bits) for op in facts.operands.values())
 
 
-@formula(K.MULTIHEAD_ATTENTION)
 def multihead_attention(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
     """nn.MultiheadAttention: the q, k and v projections, the attention itself, and the output
     projection. Batch size 1, so a sequence of L tokens gives L positions."""
@@ -318,7 +234,6 @@ def multihead_attention(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
     return NodeCost(ops, _all_stored(facts, ctx))
 
 
-@formula(K.LSTM)
 def lstm(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
     """Per time step, layer and direction: the 4 gate pre-activations are two dot products
     (input and hidden state) added together and to two biases; then 3 sigmoids, 2 tanh, the
@@ -352,18 +267,16 @@ def _scaled(ops: Ops, times: int) -> Ops:
                ops.add_bit_ops * times)
 
 
-@formula(K.AVG_POOL, K.MAX_POOL)
 def pool(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
     """Per output: window - 1 adds (or comparisons) and, for an average, one division."""
     outputs = _out(facts)
     assert facts.output is not None
     window = math.prod(_kernel(facts))
-    mults = outputs if facts.kind is K.AVG_POOL else 0
+    mults = outputs if facts.kind == K.AVG_POOL else 0
     width = ctx.bits.act
     return NodeCost(Ops.at(mults, width, outputs * (window - 1), ctx.add_bits(width)))
 
 
-@formula(K.ADAPTIVE_AVG_POOL, K.ADAPTIVE_MAX_POOL)
 def adaptive_pool(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
     """Adaptive windows differ in size; their exact sizes are summed, dimension by dimension."""
     assert facts.output is not None
@@ -375,7 +288,7 @@ def adaptive_pool(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
         for size_in, size_out in zip(in_shape[-spatial:], out_shape[-spatial:], strict=True)
     )
     outputs = _out(facts)
-    mults = outputs if facts.kind is K.ADAPTIVE_AVG_POOL else 0
+    mults = outputs if facts.kind == K.ADAPTIVE_AVG_POOL else 0
     width = ctx.bits.act
     return NodeCost(Ops.at(mults, width, covered - outputs, ctx.add_bits(width)))
 
@@ -387,27 +300,23 @@ def _window_total(size_in: int, size_out: int) -> int:
     )
 
 
-@formula(K.MEAN, K.SUM)
 def reduction(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
     """Summing n values takes n - 1 adds per output; a mean adds one division per output."""
     outputs = _out(facts)
     inputs = facts.inputs[0].numel
-    mults = outputs if facts.kind is K.MEAN else 0
+    mults = outputs if facts.kind == K.MEAN else 0
     width = ctx.bits.act
     return NodeCost(Ops.at(mults, width, inputs - outputs, ctx.add_bits(width)))
 
 
-@formula(K.ADD, K.SUB)
 def elementwise_add(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
     return NodeCost(Ops.at(0, 0, _out(facts), ctx.add_bits(ctx.bits.act)))
 
 
-@formula(K.MUL, K.DIV)
 def elementwise_mul(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
     return NodeCost(Ops.at(_out(facts), ctx.bits.act, 0, 0))
 
 
-@formula(*ACTIVATIONS)
 def activation(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
     """Per-element costs come from the rule set's activation table."""
     assert facts.kind is not None
@@ -419,12 +328,10 @@ def activation(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
     )
 
 
-@formula(K.FREE)
 def free(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
     return NodeCost(Ops())
 
 
-@formula(K.QUANTIZE)
 def quantize(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
     """No arithmetic is counted; its scale and zero point are charged by `with_qparams`."""
     return NodeCost(Ops())
@@ -475,24 +382,22 @@ def _ints(value: object) -> tuple[int, ...]:
 # and its own arithmetic for grouped convs and average pools.
 
 
-@formula(K.CONV, K.LINEAR, variant="imt_2022")
 def imt_2022_dot_product(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
     """Per output: n mults at the layer's width and (n_full - 1) / groups unscaled adds, where
     n_full = kernel x all input channels (the course divides the whole sum by the groups);
     a conv bias adds 1, a linear bias nothing. Zero weights still cost."""
     stats, stored = _weights(facts, ctx)
     per_filter = stats.numel // stats.channels
-    groups = int(str(facts.attributes.get("groups", 1))) if facts.kind is K.CONV else 1
+    groups = int(str(facts.attributes.get("groups", 1))) if facts.kind == K.CONV else 1
     outputs = _out(facts)
     mults = outputs * per_filter
     adds = outputs * (per_filter * groups - 1) / groups
     bias = _bias(facts, ctx, stats.channels)
-    if bias and facts.kind is K.CONV:
+    if bias and facts.kind == K.CONV:
         adds += outputs
     return NodeCost(Ops.at(mults, ctx.bits.mult, adds, ctx.accumulator_bits), (*stored, *bias))
 
 
-@formula(K.AVG_POOL, variant="imt_2022")
 def imt_2022_avg_pool(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
     """The course charges an average pool of kernel k (an integer) k ops per output."""
     kernel = facts.attributes["kernel_size"]
@@ -500,7 +405,6 @@ def imt_2022_avg_pool(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
     return NodeCost(Ops.at(0, 0, _out(facts) * per_output, ctx.add_bits(ctx.bits.act)))
 
 
-@formula(K.CONV, K.LINEAR, variant="macs")
 def multiply_accumulates(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
     """Dense multiply-accumulates only, at the wider of weight and activation width; only the
     weights are stored (the 2024 course formula: zeros enter as whole-model factors)."""
