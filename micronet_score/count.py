@@ -16,6 +16,7 @@ import torch.fx
 from micronet_score.bits import BitsDeclaration, NodeBits, dtype_bits, resolve, unmatched, width
 from micronet_score.errors import UserError
 from micronet_score.facts import LAYER_ROLES, NodeFacts, Operand, gather_facts
+from micronet_score.folding import batch_norm_folds, folded_shift
 from micronet_score.graph import TracedModel
 from micronet_score.opkinds import OpKind
 from micronet_score.ops.cost import FormulaContext, NodeCost, Ops, Stored
@@ -52,9 +53,8 @@ def count(
     accumulator_bits: int | None = None,
 ) -> Counts:
     all_facts = gather_facts(traced)
-    by_node = {facts.node: facts for facts in all_facts}
-    folds = _batch_norm_folds(all_facts, by_node) if rules.batch_norm.fold else {}
-    folded_bias = {conv: _folded_shift(bn, _label(conv)) for bn, conv in folds.items()}
+    folds = batch_norm_folds(all_facts) if rules.batch_norm.fold else {}
+    folded_bias = {conv: folded_shift(bn, _label(conv)) for bn, conv in folds.items()}
     stats_cache: dict[int, WeightStats] = {}
 
     def stats(operand: Operand) -> WeightStats:
@@ -145,27 +145,6 @@ def _node_bits(
     return resolve(facts.module, weight_bits, inputs, declared, default_bits)
 
 
-def _folded_shift(batch_norm: NodeFacts, layer: str) -> Operand | None:
-    """The bias a BatchNorm leaves on the layer it folds into, beta - mean * gamma / std,
-    computed (C values) so that its zeros are measured like any stored tensor's. A layer with
-    a bias of its own keeps that one (the same C values, after folding)."""
-    ops = batch_norm.operands
-    mean, var = ops.get("running_mean"), ops.get("running_var")
-    owner = batch_norm.weight or var
-    if owner is None:
-        return None
-    if mean is None or var is None or mean.tensor.device.type == "meta":
-        return Operand(f"{layer}.bias (folded BatchNorm)", owner.identity, owner.tensor)
-    eps = float(str(batch_norm.attributes.get("eps", 1e-5)))
-    scale = torch.rsqrt(var.tensor.float() + eps)
-    if batch_norm.weight is not None:
-        scale = scale * batch_norm.weight.tensor.float()
-    shift = -mean.tensor.float() * scale
-    if batch_norm.bias is not None:
-        shift = shift + batch_norm.bias.tensor.float()
-    return Operand(f"{layer}.bias (folded BatchNorm)", owner.identity, shift)
-
-
 def _trains(facts: NodeFacts, traced: TracedModel) -> bool:
     """A layer whose training mode changes what it computes (BatchNorm, dropout)."""
     if facts.node.op != "call_module":
@@ -200,38 +179,6 @@ def _charge_once(cost: NodeCost, charged: set[int]) -> NodeCost:
         return cost
     note = cost.note or "shares stored values counted at an earlier node"
     return NodeCost(cost.ops, kept, note)
-
-
-def _batch_norm_folds(
-    all_facts: list[NodeFacts], by_node: dict[torch.fx.Node, NodeFacts]
-) -> dict[NodeFacts, NodeFacts]:
-    """BatchNorm -> the conv/linear it folds into: its input comes from that layer alone, possibly
-    through free identity-like nodes (dropout in eval, identity) that nothing else reads."""
-    folds: dict[NodeFacts, NodeFacts] = {}
-    folded_into: set[NodeFacts] = set()
-    for facts in all_facts:
-        if facts.kind != OpKind.BATCH_NORM or not facts.node.all_input_nodes:
-            continue
-        source = facts.node.all_input_nodes[0]
-        while True:
-            if len(source.users) != 1:
-                break
-            producer = by_node.get(source)
-            if producer is None:
-                break
-            if producer.spec is not None and Trait.FOLD_TARGET in producer.spec.traits:
-                if producer not in folded_into:
-                    folds[facts] = producer
-                    folded_into.add(producer)
-                break
-            if producer.kind != OpKind.FREE or producer.output != _first_input(producer):
-                break
-            source = source.all_input_nodes[0]
-    return folds
-
-
-def _first_input(facts: NodeFacts) -> object:
-    return facts.inputs[0] if facts.inputs else None
 
 
 def _tensor_row(
@@ -322,7 +269,8 @@ def summarize(counts: Counts, rules: RuleSet, baseline: Baseline, freebie: bool 
         storage_bits = 0.0
         layer_format = ""
         for stored in counted.cost.stored:
-            choice = cheapest_storage(stored.stats, _capped(stored.bits, cap), formats)
+            allowed = formats if stored.maskable else ("dense",)
+            choice = cheapest_storage(stored.stats, _capped(stored.bits, cap), allowed)
             storage_bits += choice.bits
             layer_format = layer_format or choice.format
         ops = counted.cost.ops
@@ -425,7 +373,9 @@ def _layer(
     facts = counted.facts
     stored = counted.cost.stored
     values = sum(s.stats.numel for s in stored)
-    zeros = sum(s.stats.zeros for s in stored)
+    weights = [s.stats for s in stored if s.maskable]  # sparsity: of weights, not biases
+    zeros = sum(w.zeros for w in weights)
+    weight_values = sum(w.numel for w in weights)
     layer_score = storage_bits / 32 / baseline.params + effective_ops / baseline.ops
     return Layer(
         name=label,
@@ -437,7 +387,7 @@ def _layer(
         params=values,
         weight_bits=counted.bits.weight,
         act_bits=counted.bits.act,
-        sparsity=zeros / values if values else 0.0,
+        sparsity=zeros / weight_values if weight_values else 0.0,
         storage_format=storage_format,
         storage_bits=storage_bits,
         mults=counted.cost.ops.mults,

@@ -50,6 +50,7 @@ class Operand:
     identity: int
     tensor: torch.Tensor
     bits: int | None = None  # width a quantizer bounds the values to, when one does
+    transposed: bool = False  # read through a transpose of its last two dimensions
 
 
 @dataclass(frozen=True, eq=False)
@@ -307,21 +308,36 @@ def _stored(value: object, root: nn.Module) -> Operand | None:
     """Follow a value back through free reshapes (`t(weight)`) and dequantize ops to a stored
     tensor, if any; a quantizer met on the way bounds the width of its values."""
     bits = None
+    transposed = False
     while isinstance(value, torch.fx.Node):
         if value.op == "get_attr":
             tensor = _attr(root, str(value.target))
             if tensor is None:
                 return None
-            return Operand(str(value.target), id(tensor), tensor.detach(), bits)
+            return Operand(str(value.target), id(tensor), tensor.detach(), bits, transposed)
         spec = node_spec(value, root) if value.op == "call_function" else None
         kind = spec.kind if spec is not None else None
         if kind in (OpKind.FREE, OpKind.QUANTIZE) and value.args:
             if kind == OpKind.QUANTIZE and bits is None:
                 bits = quantizer_bits(None, _bind(value))
+            transposed ^= _swaps_last_dims(value)
             value = value.args[0]
             continue
         return None
     return None
+
+
+def _swaps_last_dims(node: torch.fx.Node) -> bool:
+    """`t(w)`, `transpose(w, 0, 1)`, `permute(w, [1, 0])`: how a linear weight is read as a
+    matrix's second operand (core-ATen `addmm(bias, x, permute(w))`)."""
+    name = getattr(node.target, "__name__", str(node.target)).split(".")[0]
+    if name in ("t", "numpy_T"):
+        return True
+    if name == "transpose":
+        return len(node.args) == 3 and {node.args[1], node.args[2]} in ({0, 1}, {-1, -2})
+    if name == "permute" and len(node.args) == 2 and isinstance(node.args[1], list | tuple):
+        return tuple(node.args[1]) in ((1, 0), (-1, -2))
+    return False
 
 
 def _attr(root: nn.Module, target: str) -> torch.Tensor | None:

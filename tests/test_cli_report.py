@@ -543,9 +543,10 @@ def test_the_bundled_sample_at_80_columns_breaks_between_fields() -> None:
     text = result.stdout
     assert ("baseline:    wrn, WideResNet-28-10 on CIFAR-100: 36,500,000 params,\n"
             "             10,490,000,000 ops (80% top-1)\n") in text
-    assert "params part: 58,674 / 36,500,000 = 0.001608 (storage, 32-bit equivalents)\n" in text
+    # (119,146 values - 928 folded BatchNorm scales) x 16 bits / 32; biases stored dense
+    assert "params part: 59,109 / 36,500,000 = 0.001619 (storage, 32-bit equivalents)\n" in text
     assert "ops part:    22,008,128 / 10,490,000,000 = 0.002098 (32-bit equivalents)\n" in text
-    assert result.stderr.splitlines()[-1] == "PASS: score 0.003706 is at or under --max-score 0.02"
+    assert result.stderr.splitlines()[-1] == "PASS: score 0.003717 is at or under --max-score 0.02"
 
 
 def test_shapes_are_per_example_in_every_format(files: dict[str, str]) -> None:
@@ -569,7 +570,7 @@ def test_strict_names_the_uncounted_nodes(tmp_path: Path) -> None:
 
         class Mix(nn.Module):
             def forward(self, x):
-                return torch.cumsum(torch.cumsum(torch.cumsum(x, 1), 1), 1)
+                return torch.special.bessel_j0(torch.special.bessel_j0(torch.special.bessel_j0(x)))
 
 
         class Net(nn.Module):
@@ -590,13 +591,13 @@ def test_strict_names_the_uncounted_nodes(tmp_path: Path) -> None:
     table = run(*args, env={"COLUMNS": "100"})
     assert table.exit_code == 0, table.output
     listed = [line for line in table.stdout.splitlines() if line.startswith("uncounted")]
-    assert listed == ["uncounted:   3 \u00d7 cumsum in mix",
+    assert listed == ["uncounted:   3 \u00d7 special_bessel_j0 in mix",
                       "uncounted:   1 \u00d7 cummax in the top-level forward"]
     markdown = run(*args, "--format", "markdown").stdout
-    assert "- uncounted: 3 \u00d7 cumsum in mix\n" in markdown
+    assert "- uncounted: 3 \u00d7 special_bessel_j0 in mix\n" in markdown
     strict = run(*args, "--strict")
     assert strict.exit_code == 2
     assert strict.stderr.splitlines()[-1] == (
-        "error: 4 nodes not counted (--strict): 3 \u00d7 cumsum in mix, "
+        "error: 4 nodes not counted (--strict): 3 \u00d7 special_bessel_j0 in mix, "
         "1 \u00d7 cummax in the top-level forward"
     )

@@ -181,12 +181,6 @@ def test_8bit_params_and_dot_products_equal_the_reference(cache: Cache, name: st
     assert conv_linear(ours)[2] == reference.dot_mults * 8 / 32 + reference.dot_adds
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="additions outside dot products are still counted at the activation width, not at "
-    "the accumulator width (counting.py's add_bits)",
-)
 @pytest.mark.parametrize("name", MODELS)
 def test_8bit_ops_equal_the_reference(cache: Cache, name: str) -> None:
     ours, reference = cache.report(name, "8-bit"), cache.reference(name, "8-bit")
@@ -199,11 +193,6 @@ def seeded(build: Callable[[], nn.Module]) -> nn.Module:
         return build().eval()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="an all-zero bias or folded BatchNorm shift is still stored as a mask",
-)
 @pytest.mark.parametrize(
     ("build", "shape"),
     [(lambda: create_model("resnet18"), CIFAR), (torchvision.models.efficientnet_b0, IMAGENET)],

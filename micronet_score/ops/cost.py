@@ -44,12 +44,17 @@ class Ops:
 
 @dataclass(frozen=True)
 class Stored:
-    """Values a node needs kept in memory, at `bits` each, with their zero structure."""
+    """Values a node needs kept in memory, at `bits` each, with their zero structure.
+
+    `identity` is the stored tensor's: a tensor read by several nodes is charged once."""
 
     key: str
     identity: int
     stats: WeightStats
     bits: int
+    # Whether zeros may be left out with a mask: weight matrices and kernels only. Biases, folded
+    # shifts, norm affines and quantization parameters are always dense (as counting.py does).
+    maskable: bool = False
 
 
 @dataclass(frozen=True)

@@ -9,103 +9,18 @@ from __future__ import annotations
 
 import math
 
-import torch
-
-from micronet_score.bits import QUANTIZED, dtype_bits, width
+from micronet_score.bits import QUANTIZED, dtype_bits
 from micronet_score.facts import QPARAM_ROLES, NodeFacts, Operand
 from micronet_score.opkinds import OpKind
 from micronet_score.ops.cost import FormulaContext, NodeCost, Ops, Stored
-from micronet_score.sparsity import WeightStats, dense_stats
+from micronet_score.ops.formulas_dot import out_elements as _out
+from micronet_score.ops.formulas_dot import stored
+from micronet_score.sparsity import dense_stats
 
 K = OpKind
 
 
 _ZERO_POINT_ROLES = ("zero_point", "zero_points", "weight_zero_point")
-
-
-def _out(facts: NodeFacts) -> int:
-    assert facts.output is not None, f"{facts.node.name} has no tensor output"
-    return facts.output.numel
-
-
-def _weights(facts: NodeFacts, ctx: FormulaContext) -> tuple[WeightStats, tuple[Stored, ...]]:
-    """Zero structure of the weights and their storage.
-
-    A weight computed in the forward pass (e.g. by a parametrization on the root module) is an
-    activation here: counted dense, its stored sources charged where the graph reads them.
-    """
-    weight = facts.weight
-    if weight is None:
-        return dense_stats(facts.inputs[1].shape), ()
-    stats = ctx.stats(weight)
-    stored = (_stored(weight, stats, ctx.bits.weight or 32), *_weight_qparams(weight, ctx))
-    if not ctx.rules.sparsity.skip_zero_weights:
-        stats = dense_stats(tuple(weight.tensor.shape), known=stats.known)
-    return stats, stored
-
-
-def _weight_qparams(weight: Operand, ctx: FormulaContext) -> tuple[Stored, ...]:
-    """A quantized weight also stores its scales (32 bits) and zero points (its own width),
-    one pair per channel or one for the tensor; zero points that are all 0 (symmetric
-    quantization) are implied by the scheme and cost nothing."""
-    tensor = weight.tensor
-    if not tensor.is_quantized:
-        return ()
-    per_channel = tensor.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric)
-    zero_points = tensor.q_per_channel_zero_points() if per_channel else torch.tensor(
-        [tensor.q_zero_point()]
-    )
-    values = dense_stats((zero_points.numel(),))
-    scales = Stored(f"{weight.key}.scale", hash((weight.identity, "scale")), values, 32)
-    if not zero_points.any():  # symmetric quantization: zero points are implied, not stored
-        return (scales,)
-    return (
-        scales,
-        Stored(f"{weight.key}.zero_point", hash((weight.identity, "zero_point")), values,
-               ctx.bits.weight or 8),
-    )
-
-
-def _stored(operand: Operand, stats: WeightStats, bits: int) -> Stored:
-    return Stored(operand.key, operand.identity, stats, bits)
-
-
-def _bias(facts: NodeFacts, ctx: FormulaContext, channels: int) -> tuple[Stored, ...]:
-    """The bias values: the layer's own, or a folded BatchNorm shift (never both)."""
-    bias = facts.bias or ctx.folded_bias
-    if bias is None:
-        return ()
-    bits = ctx.bits.stored(width(bias.tensor.dtype, bias.bits, ctx.rules.default_bits))
-    return (_stored(bias, ctx.stats(bias), bits),)
-
-
-def dot_product(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
-    """Each output is a dot product over the non-zero weights of its channel, plus a bias add."""
-    stats, stored = _weights(facts, ctx)
-    positions = _out(facts) // stats.channels
-    mults = stats.nonzero * positions
-    adds = (stats.nonzero - stats.nonzero_channels) * positions
-    bias = _bias(facts, ctx, stats.channels)
-    if bias:
-        adds += stats.channels * positions
-    ops = Ops.at(mults, ctx.bits.mult, adds, ctx.accumulator_bits)
-    return NodeCost(ops, (*stored, *bias))
-
-
-def transposed_conv(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
-    """Every non-zero weight meets every input position once; the products are then summed
-    into the outputs, so the adds are the products minus one per output (plus the bias)."""
-    stats, stored = _weights(facts, ctx)
-    spatial = facts.inputs[0].shape[2:]
-    mults = stats.nonzero * math.prod(spatial)
-    outputs = _out(facts)
-    adds = max(mults - outputs, 0)
-    channels = facts.output.shape[1] if facts.output else 0
-    bias = _bias(facts, ctx, channels)
-    if bias:
-        adds += outputs
-    ops = Ops.at(mults, ctx.bits.mult, adds, ctx.accumulator_bits)
-    return NodeCost(ops, (*stored, *bias))
 
 
 def batch_norm(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
@@ -117,15 +32,15 @@ def batch_norm(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
     elements = _out(facts)
     channels = facts.inputs[0].shape[1]
     owner = facts.weight or facts.operands.get("running_var")
-    stored: tuple[Stored, ...] = ()
+    kept: tuple[Stored, ...] = ()
     if owner is not None:
         values = dense_stats((policy.params_per_channel * channels,))
-        stored = (Stored(f"{facts.module or facts.node.name}.scale_shift", owner.identity,
+        kept = (Stored(f"{facts.module or facts.node.name}.scale_shift", owner.identity,
                          values, ctx.bits.weight or 32),)
     width = ctx.bits.mult
     ops = Ops.at(policy.mults_per_element * elements, width,
                  policy.adds_per_element * elements, ctx.add_bits(width))
-    return NodeCost(ops, stored)
+    return NodeCost(ops, kept)
 
 
 def normalization(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
@@ -143,28 +58,19 @@ def normalization(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
     mults = 2 * elements + 3 * groups + (elements if affine else 0)
     adds = 3 * elements + groups + (elements if facts.bias is not None else 0)
     width = ctx.bits.mult
-    stored = tuple(
-        _stored(operand, ctx.stats(operand), ctx.bits.weight or 32)
+    kept = tuple(
+        stored(operand, dense_stats(tuple(operand.tensor.shape)), ctx.bits.weight or 32)
         for operand in (facts.weight, facts.bias)
         if operand is not None
     )
-    return NodeCost(Ops.at(mults, width, adds, ctx.add_bits(width)), stored)
+    return NodeCost(Ops.at(mults, width, adds, ctx.add_bits(width)), kept)
 
 
 def embedding(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
     """A table lookup does no arithmetic; the table is stored."""
     weight = facts.weight
     assert weight is not None
-    return NodeCost(Ops(), (_stored(weight, ctx.stats(weight), ctx.bits.weight or 32),))
-
-
-def matmul(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
-    """Between activations: a dot product of length n per output (n mults, n - 1 adds)."""
-    length = facts.inputs[0].shape[-1]
-    outputs = _out(facts)
-    return NodeCost(
-        Ops.at(outputs * length, ctx.bits.mult, outputs * (length - 1), ctx.accumulator_bits)
-    )
+    return NodeCost(Ops(), (stored(weight, ctx.stats(weight), ctx.bits.weight or 32, True),))
 
 
 def attention(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
@@ -208,7 +114,11 @@ def _attention_core(batch_heads: int, queries: int, keys: int, depth: int, value
 
 def _all_stored(facts: NodeFacts, ctx: FormulaContext) -> tuple[Stored, ...]:
     bits = ctx.bits.weight or 32
-    return tuple(_stored(op, ctx.stats(op), bits) for op in facts.operands.values())
+    return tuple(
+        stored(op, ctx.stats(op), bits, True) if op.tensor.dim() >= 2
+        else stored(op, dense_stats(tuple(op.tensor.shape) or (1,)), bits)
+        for op in facts.operands.values()
+    )
 
 
 def multihead_attention(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
@@ -345,7 +255,7 @@ def with_qparams(cost: NodeCost, facts: NodeFacts) -> NodeCost:
         dtype_bits(facts.output.dtype) if facts.output and facts.output.dtype in QUANTIZED else 8
     )
     extra = tuple(
-        _stored(operand, dense_stats(tuple(operand.tensor.shape) or (1,)),
+        stored(operand, dense_stats(tuple(operand.tensor.shape) or (1,)),
                 operand.bits or zero_point_bits if role in _ZERO_POINT_ROLES else 32)
         for role, operand in facts.operands.items()
         if role in QPARAM_ROLES and operand.identity not in stored_ids
@@ -378,24 +288,7 @@ def _ints(value: object) -> tuple[int, ...]:
     return tuple(int(v) for v in value)
 
 
-# The IMT Atlantique course's 2022 profiler, as a variant: dense, base precision scaled mults,
-# and its own arithmetic for grouped convs and average pools.
-
-
-def imt_2022_dot_product(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
-    """Per output: n mults at the layer's width and (n_full - 1) / groups unscaled adds, where
-    n_full = kernel x all input channels (the course divides the whole sum by the groups);
-    a conv bias adds 1, a linear bias nothing. Zero weights still cost."""
-    stats, stored = _weights(facts, ctx)
-    per_filter = stats.numel // stats.channels
-    groups = int(str(facts.attributes.get("groups", 1))) if facts.kind == K.CONV else 1
-    outputs = _out(facts)
-    mults = outputs * per_filter
-    adds = outputs * (per_filter * groups - 1) / groups
-    bias = _bias(facts, ctx, stats.channels)
-    if bias and facts.kind == K.CONV:
-        adds += outputs
-    return NodeCost(Ops.at(mults, ctx.bits.mult, adds, ctx.accumulator_bits), (*stored, *bias))
+# The IMT Atlantique course's 2022 profiler: its own arithmetic for average pools.
 
 
 def imt_2022_avg_pool(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
@@ -403,11 +296,3 @@ def imt_2022_avg_pool(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
     kernel = facts.attributes["kernel_size"]
     per_output = kernel if isinstance(kernel, int) else math.prod(_kernel(facts))
     return NodeCost(Ops.at(0, 0, _out(facts) * per_output, ctx.add_bits(ctx.bits.act)))
-
-
-def multiply_accumulates(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
-    """Dense multiply-accumulates only, at the wider of weight and activation width; only the
-    weights are stored (the 2024 course formula: zeros enter as whole-model factors)."""
-    stats, stored = _weights(facts, ctx)
-    macs = _out(facts) * (stats.numel // stats.channels)
-    return NodeCost(Ops.at(macs, ctx.bits.mult, 0, 0), stored)

@@ -16,6 +16,7 @@ from micronet_score.ops.spec import OpSpec, Trait
 T = Trait
 F = "torch.nn.functional."
 _FORMULAS = "micronet_score.ops.formulas_core:"
+_DOT = "micronet_score.ops.formulas_dot:"
 _CONV_ATTRIBUTES = ("groups", "stride", "padding", "dilation", "output_padding", "transposed")
 
 
@@ -51,8 +52,8 @@ SPECS: tuple[OpSpec, ...] = (
     *_SEQUENCE,
     OpSpec(
         "conv",
-        {"micronet": _FORMULAS + "dot_product", "imt_2022": _FORMULAS + "imt_2022_dot_product",
-         "macs": _FORMULAS + "multiply_accumulates"},
+        {"micronet": _DOT + "dot_product", "imt_2022": _DOT + "imt_2022_dot_product",
+         "macs": _DOT + "multiply_accumulates"},
         modules=("torch.nn.modules.conv._ConvNd", "torch.ao.nn.quantized.modules.conv._ConvNd"),
         functions=(F + "conv1d", F + "conv2d", F + "conv3d"),
         ops=_aten("conv1d", "conv2d", "conv3d", "convolution", "_convolution"),
@@ -63,7 +64,7 @@ SPECS: tuple[OpSpec, ...] = (
     ),
     OpSpec(
         "conv_transpose",
-        {"micronet": _FORMULAS + "transposed_conv"},
+        {"micronet": _DOT + "transposed_conv"},
         modules=("torch.nn.modules.conv._ConvTransposeNd",
                  "torch.ao.nn.quantized.modules.conv._ConvTransposeNd"),
         functions=(F + "conv_transpose1d", F + "conv_transpose2d", F + "conv_transpose3d"),
@@ -75,8 +76,8 @@ SPECS: tuple[OpSpec, ...] = (
     ),
     OpSpec(
         "linear",
-        {"micronet": _FORMULAS + "dot_product", "imt_2022": _FORMULAS + "imt_2022_dot_product",
-         "macs": _FORMULAS + "multiply_accumulates"},
+        {"micronet": _DOT + "dot_product", "imt_2022": _DOT + "imt_2022_dot_product",
+         "macs": _DOT + "multiply_accumulates"},
         modules=("torch.nn.Linear", "torch.ao.nn.quantized.Linear"),
         functions=(F + "linear",),
         ops=_aten("linear"),
@@ -85,7 +86,7 @@ SPECS: tuple[OpSpec, ...] = (
     ),
     OpSpec(
         "addmm",
-        {"micronet": _FORMULAS + "addmm"},
+        {"micronet": _DOT + "addmm"},
         functions=("torch.addmm",),
         methods=("addmm",),
         ops=_aten("addmm"),
@@ -95,7 +96,7 @@ SPECS: tuple[OpSpec, ...] = (
     ),
     OpSpec(
         "matmul",
-        {"micronet": _FORMULAS + "matmul"},
+        {"micronet": _DOT + "matmul"},
         functions=("torch.matmul", "torch.mm", "torch.bmm", "operator.matmul"),
         methods=("matmul", "mm", "bmm"),
         ops=_aten("mm", "bmm", "matmul"),
@@ -105,7 +106,7 @@ SPECS: tuple[OpSpec, ...] = (
     ),
     OpSpec(
         "baddbmm",
-        {"micronet": _FORMULAS + "baddbmm"},
+        {"micronet": _DOT + "baddbmm"},
         functions=("torch.baddbmm",),
         methods=("baddbmm",),
         ops=_aten("baddbmm"),
