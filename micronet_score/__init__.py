@@ -9,7 +9,18 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["Report", "UserError", "__version__", "load_model", "score_model"]
+__all__ = [
+    "OpSpec", "RegistrationError", "Report", "Trait", "UserError", "__version__", "load_model",
+    "register_op", "score_model", "unregister_op",
+]
+# The op table's public names: torch-free, so they are imported at once.
+from micronet_score.ops.spec import (
+    OpSpec,
+    RegistrationError,
+    Trait,
+    register_op,
+    unregister_op,
+)
 
 if TYPE_CHECKING:
     from micronet_score.api import score_model

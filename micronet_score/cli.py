@@ -103,6 +103,10 @@ def plan(settings: Settings, output: Path | None, models: Sequence[str]) -> Plan
     from micronet_score.limits import check_input_elements
     from micronet_score.rules import load_baseline, load_rules
 
+    if settings.plugin:  # first: a rule file may choose a formula a plugin registers
+        from micronet_score.loading import load_plugins
+
+        load_plugins(settings.plugin)
     rule_set = load_rules(settings.rules)
     baseline = load_baseline(settings.baseline or rule_set.default_baseline)
     shape = parse_shape(settings.input_shape) if settings.input_shape is not None else None
@@ -111,7 +115,7 @@ def plan(settings: Settings, output: Path | None, models: Sequence[str]) -> Plan
     declarations(settings.bits, settings.weight_bits, settings.act_bits)
     kwargs = parse_json_object(settings.arch_kwargs, "--arch-kwargs")
     check_writable(output)
-    specs = (*models, settings.arch, settings.rules, settings.baseline)
+    specs = (*models, settings.arch, settings.rules, settings.baseline, *(settings.plugin or ()))
     refuse_overwriting_inputs(output, input_files(specs))
     return Plan(settings, rule_set, baseline, shape, kwargs)
 

@@ -68,6 +68,9 @@ class Settings:
         "state_dict belongs to.")] = None
     arch_kwargs: Annotated[str | None, typer.Option(
         help="JSON keyword arguments for --arch.")] = None
+    plugin: Annotated[list[str] | None, typer.Option(
+        help="Import FILE.py or package.module before scoring: it registers formulas for ops "
+        "of its own with micronet_score.register_op. Runs its code. Repeatable.")] = None
     trust: Annotated[bool, typer.Option(
         help="Load pickled modules with weights_only=False. RISK: unpickling runs arbitrary "
         "code from the file; use only on files you trust.")] = False

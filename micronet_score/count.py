@@ -207,8 +207,10 @@ def _orphans(
     declared: Sequence[BitsDeclaration],
     charged: set[int],
     default_bits: int,
+    note: str = "operations not counted",
 ) -> list[CountedNode]:
-    """An uncounted module's parameters are still stored: charge them, ops stay uncounted."""
+    """A module's parameters no formula stored (an uncounted module's, or a registered formula's
+    that stores none) are still stored: charge each once."""
     if facts.node.op != "call_module":
         return []
     module = traced.root.get_submodule(str(facts.node.target))
@@ -218,8 +220,8 @@ def _orphans(
             facts.node, OpKind.PARAMETER, facts.module, facts.target, (), None, {}, {}
         )
         row = _tensor_row(
-            as_parameter, f"{facts.module}.{name}", tensor, declared, charged,
-            "operations not counted", default_bits,
+            as_parameter, f"{facts.module}.{name}", tensor, declared, charged, note,
+            default_bits,
         )
         if row is not None:
             rows.append(row)
@@ -243,13 +245,17 @@ def _unclaimed_tensors(
         for role, operand in facts.operands.items()
         if role in LAYER_ROLES
     }
+    charged.update(claimed)
     rows = []
+    for facts in all_facts:  # parameters of a leaf layer that its formula did not store
+        if facts.node.op == "call_module" and facts.kind not in (None, OpKind.FREE):
+            rows.extend(_orphans(facts, traced, declared, charged, default_bits, ""))
     for node in traced.graph.nodes:
         if node.op != "get_attr" or not node.users:
             continue
         owner, _, name = str(node.target).rpartition(".")
         value = getattr(traced.root.get_submodule(owner) if owner else traced.root, name, None)
-        if not isinstance(value, torch.Tensor) or id(value) in claimed:
+        if not isinstance(value, torch.Tensor):
             continue
         facts = NodeFacts(node, OpKind.PARAMETER, owner, "tensor", (), None, {}, {})
         row = _tensor_row(facts, str(node.target), value, declared, charged, "", default_bits)

@@ -55,7 +55,7 @@ def _producer(facts: NodeFacts, by_node: dict[torch.fx.Node, NodeFacts]) -> Node
     """The layer whose output reaches the BatchNorm alone, possibly through free nodes that keep
     its shape (dropout in eval, identity) and that nothing else reads."""
     source = facts.node.all_input_nodes[0]
-    while len(source.users) == 1:
+    while len(_value_users(source, by_node)) == 1:
         producer = by_node.get(source)
         if producer is None:
             return None
@@ -65,6 +65,15 @@ def _producer(facts: NodeFacts, by_node: dict[torch.fx.Node, NodeFacts]) -> Node
             return None
         source = source.all_input_nodes[0]
     return None
+
+
+def _value_users(node: torch.fx.Node, by_node: dict[torch.fx.Node, NodeFacts]) -> list[object]:
+    """Users that read the values, not only the shape (`x.ndim == 4` asserts in timm layers)."""
+    return [
+        user for user in node.users
+        if not (user in by_node and by_node[user].kind == OpKind.FREE
+                and by_node[user].output is None)
+    ]
 
 
 def _fold_target(target: NodeFacts, weight_users: dict[int, int]) -> bool:

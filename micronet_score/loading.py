@@ -19,9 +19,10 @@ import pickle
 import sys
 import tempfile
 import zipfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -29,6 +30,7 @@ from torch import nn
 
 from micronet_score.errors import UserError
 from micronet_score.limits import MAX_STREAM_BYTES
+from micronet_score.ops.spec import RegistrationError
 
 _CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model")
 _MAX_SOURCE_BYTES = 1 << 22  # a .py file larger than this is not parsed for its function names
@@ -197,13 +199,15 @@ def build_from_factory(spec: str, kwargs: Mapping[str, Any] | None = None) -> nn
     return model.eval()
 
 
-def _import_factory(spec: str) -> Callable[..., object]:
-    location, _, name = spec.rpartition(":")
+def import_location(location: str, what: str = "file") -> ModuleType:
+    """Import `file.py` (under a private module name) or `package.module` (also from the current
+    folder). Runs the module's code: only for what the user names on the command line. Raises
+    UserError when it cannot be found or fails to import."""
     try:
         if location.endswith(".py"):
             file = Path(location)
             if not file.is_file():
-                raise UserError(f"architecture file not found: {location}")
+                raise UserError(f"{what} not found: {location}")
             # A private name: a user's rich.py or yaml.py must not replace an installed package
             # that we, or the model's own code, import later.
             digest = hashlib.sha1(str(file.resolve()).encode()).hexdigest()[:12]
@@ -217,10 +221,34 @@ def _import_factory(spec: str) -> Callable[..., object]:
         else:
             with importable_from_cwd():
                 module = importlib.import_module(location)
-    except UserError:
+    except (UserError, RegistrationError):
         raise
     except Exception as error:
         raise UserError(f"cannot import '{location}': {type(error).__name__}: {error}") from error
+    return module
+
+
+_PLUGINS: set[str] = set()
+
+
+def load_plugins(locations: Sequence[str]) -> None:
+    """Import each plugin (`file.py` or `package.module`), which registers its op specs with
+    `micronet_score.register_op` as it is imported. Raises UserError for a plugin that cannot be
+    imported or that registers a kind or spelling twice."""
+    for location in locations:
+        key = str(Path(location).resolve()) if location.endswith(".py") else location
+        if key in _PLUGINS:  # already registered in this process
+            continue
+        try:
+            import_location(location, "plugin")
+            _PLUGINS.add(key)
+        except RegistrationError as error:
+            raise UserError(f"plugin '{location}': {error}") from error
+
+
+def _import_factory(spec: str) -> Callable[..., object]:
+    location, _, name = spec.rpartition(":")
+    module = import_location(location, "architecture file")
     factory = getattr(module, name, None)
     if not callable(factory):
         raise UserError(f"'{location}' has no callable named '{name}'"

@@ -171,7 +171,9 @@ def unregister_op(kind: str) -> None:
     _ensure_builtins()
     spec = _SPECS.get(kind)
     if spec is None or spec.builtin:
-        raise RegistrationError(f"{kind!r} is not a kind registered with register_op")
+        what = "a built-in kind" if spec is not None else "not a registered kind"
+        raise RegistrationError(f"{kind!r} is {what}: only kinds added with register_op can be "
+                                "removed")
     del _SPECS[kind]
     for listener in _listeners:
         listener()

@@ -299,8 +299,8 @@ SPECS: tuple[OpSpec, ...] = (
                 "dequantize_per_channel", "quantize_per_channel_group",
                 "dequantize_per_channel_group", "quantize_per_token", "dequantize_per_token")),
             *(f"torchao::{name}" for name in (
-                "quantize_affine", "dequantize_affine", "quantize_affine_float8",
-                "dequantize_affine_float8")),
+                "quantize_affine", "dequantize_affine", "quantize_affine_float8_non_decomposed",
+                "dequantize_affine_float8_non_decomposed")),
         ),
         traits=frozenset({T.QUANTIZER}),
         description="no arithmetic; bounds the width of its values and stores a scale and a "
