@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from micronet_score.bits import declarations
-from micronet_score.count import count, summarize
+from micronet_score.count import count
 from micronet_score.errors import UserError
 from micronet_score.graph import trace
 from micronet_score.input_fit import check_size_ranges, fit_warnings, fixed_shape_explained
@@ -19,6 +19,7 @@ from micronet_score.limits import MAX_INPUT_ELEMENTS, check_input_elements
 from micronet_score.loading import from_exported
 from micronet_score.results import Report
 from micronet_score.rules import Baseline, RuleSet, load_baseline, load_rules
+from micronet_score.scoring import summarize
 
 
 def score_model(

@@ -17,8 +17,9 @@ import torch
 import torch.fx
 from torch import nn
 
-from micronet_score.count import CountedNode, Counts
+from micronet_score.count import Counts
 from micronet_score.errors import UserError
+from micronet_score.ledger import CountedNode
 from micronet_score.opkinds import OpKind, activation_kinds
 from micronet_score.rules import (
     Baseline,
