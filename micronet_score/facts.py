@@ -281,7 +281,8 @@ def _stored_value(module: nn.Module, role: str) -> torch.Tensor | None:
 def _module_operands(module: nn.Module, path: str, spec: OpSpec | None) -> dict[str, Operand]:
     if spec is not None and Trait.COMPOSITE in spec.traits:
         return {
-            name: Operand(f"{path}.{name}", _identity(module, name), value.detach())
+            # the parameter itself: a nested one (out_proj.weight) is no attribute of the module
+            name: Operand(f"{path}.{name}", id(value), value.detach())
             for name, value in module.named_parameters()
         }
     weight_quantizer = _attribute(module, "weight_fake_quant")
