@@ -86,7 +86,7 @@ def count(
         warnings.append(f"hooks were not run ({traced.skipped_hook}): what they add is not counted")
     warnings.extend(traced.notes)
     return Counts(
-        tuple(c for c in counted if c.facts.kind != OpKind.FREE and not _empty_quantize(c)),
+        tuple(c for c in counted if not c.facts.free and not _empty_quantize(c)),
         tuple(uncounted),
         tuple(warnings),
         traced.input_shape,
@@ -117,7 +117,7 @@ def _value_bits(all_facts: list[NodeFacts]) -> dict[torch.fx.Node, int]:
     for facts in all_facts:
         if facts.kind == OpKind.QUANTIZE and facts.quant_bits is not None:
             bits[facts.node] = facts.quant_bits
-        elif facts.kind == OpKind.FREE and facts.inputs and facts.output is not None:
+        elif facts.free and facts.inputs and facts.output is not None:
             known = [bits[n] for n in facts.input_nodes if n in bits]
             if known and facts.output.dtype == facts.inputs[0].dtype:
                 bits[facts.node] = max(known)
@@ -157,7 +157,7 @@ def _visible(facts: NodeFacts, rules: RuleSet) -> bool:
     """Whether the rule set counts this node at all (a module-hook counter sees only modules,
     so under such rules an op without a formula is not "uncounted": it is invisible)."""
     kinds = rules.counted.kinds
-    if kinds is None or facts.kind == OpKind.FREE:
+    if kinds is None or facts.free:
         return True
     return facts.kind in kinds and (facts.as_module or not rules.counted.modules_only)
 

@@ -78,6 +78,11 @@ class NodeFacts:
     args: Mapping[str, object] = field(default_factory=dict)
 
     @property
+    def free(self) -> bool:
+        """Moves or relabels data only (the op table's FREE trait): no arithmetic, no row."""
+        return self.spec is not None and Trait.FREE in self.spec.traits
+
+    @property
     def weight(self) -> Operand | None:
         return self.operands.get("weight")
 
@@ -122,9 +127,10 @@ def _facts(node: torch.fx.Node, traced: TracedModel) -> NodeFacts:
         spec = spec_of(OpKind.CONV_TRANSPOSE)  # core-ATen `convolution` spells both
     kind = spec.kind if spec is not None else None
     operands = _module_operands(module, str(node.target), spec) if module is not None else {
-        name: operand
+        key: operand
         for name, value in args.items()
-        if (operand := _stored(value, root)) is not None
+        for key, item in _items(name, value)
+        if (operand := _stored(item, root)) is not None
     }
     if kind == OpKind.QUANTIZE and module is None and not reads_stored_qparams_only(node):
         operands = {**_literal_qparams(node, args), **operands}
@@ -317,15 +323,22 @@ def _stored(value: object, root: nn.Module) -> Operand | None:
                 return None
             return Operand(str(value.target), id(tensor), tensor.detach(), bits, transposed)
         spec = node_spec(value, root) if value.op == "call_function" else None
-        kind = spec.kind if spec is not None else None
-        if kind in (OpKind.FREE, OpKind.QUANTIZE) and value.args:
-            if kind == OpKind.QUANTIZE and bits is None:
+        passes = spec is not None and (Trait.FREE in spec.traits or Trait.QUANTIZER in spec.traits)
+        if passes and value.args:
+            if spec is not None and Trait.QUANTIZER in spec.traits and bits is None:
                 bits = quantizer_bits(None, _bind(value))
             transposed ^= _swaps_last_dims(value)
             value = value.args[0]
             continue
         return None
     return None
+
+
+def _items(name: str, value: object) -> list[tuple[str, object]]:
+    """An argument, or the items of a list argument by `name.i` (aten::lstm's `params`)."""
+    if isinstance(value, list | tuple):
+        return [(f"{name}.{i}", item) for i, item in enumerate(value)]
+    return [(name, value)]
 
 
 def _swaps_last_dims(node: torch.fx.Node) -> bool:

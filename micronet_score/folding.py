@@ -26,7 +26,7 @@ def batch_norm_folds(all_facts: list[NodeFacts]) -> dict[NodeFacts, NodeFacts]:
     by_node = {facts.node: facts for facts in all_facts}
     weight_users: dict[int, int] = {}
     for facts in all_facts:
-        if facts.weight is not None and facts.kind not in (None, OpKind.FREE):
+        if facts.weight is not None and facts.kind is not None and not facts.free:
             weight_users[facts.weight.identity] = weight_users.get(facts.weight.identity, 0) + 1
     folds: dict[NodeFacts, NodeFacts] = {}
     for facts in all_facts:
@@ -59,7 +59,7 @@ def _producer(facts: NodeFacts, by_node: dict[torch.fx.Node, NodeFacts]) -> Node
         producer = by_node.get(source)
         if producer is None:
             return None
-        if producer.kind != OpKind.FREE:
+        if not producer.free:
             return producer
         if not producer.inputs or producer.output != producer.inputs[0]:
             return None
@@ -71,7 +71,7 @@ def _value_users(node: torch.fx.Node, by_node: dict[torch.fx.Node, NodeFacts]) -
     """Users that read the values, not only the shape (`x.ndim == 4` asserts in timm layers)."""
     return [
         user for user in node.users
-        if not (user in by_node and by_node[user].kind == OpKind.FREE
+        if not (user in by_node and by_node[user].free
                 and by_node[user].output is None)
     ]
 

@@ -21,7 +21,7 @@ from torch.utils._pytree import tree_leaves, tree_map
 
 from micronet_score.errors import UserError
 from micronet_score.opkinds import OpKind
-from micronet_score.ops.index import function_spec, module_spec
+from micronet_score.ops.index import function_spec, module_spec, resolve_op_table
 from micronet_score.ops.spec import Trait
 from micronet_score.shadow import (
     OutsiderRefusal,
@@ -128,6 +128,7 @@ class _HookRefusal(UserError):
 def _trace(
     model: nn.Module, input_shape: tuple[int, ...], input_dtype: torch.dtype | None
 ) -> TracedModel:
+    resolve_op_table()  # before tracing: `torch.fx.wrap` patches functions while it traces
     tracer = _LeafTracer()
     if isinstance(model, torch.fx.GraphModule) and not _has_containers(model, tracer):
         return _from_graph_module(model, input_shape, input_dtype)
@@ -438,6 +439,8 @@ def _propagate(
     recorder = _ShapeRecorder(root, graph, mode)
     with mode, torch.no_grad():
         example = _example(root, (1, *input_shape), input_dtype)
-        n_inputs = sum(1 for n in graph.nodes if n.op == "placeholder")
-        recorder.run(example, *([None] * (n_inputs - 1)))
+        # Later inputs take the forward's defaults (a placeholder keeps its default in args).
+        rest = [n.args[0] if n.args else None
+                for n in graph.nodes if n.op == "placeholder"][1:]
+        recorder.run(example, *rest)
     return recorder.values

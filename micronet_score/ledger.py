@@ -80,13 +80,13 @@ class Ledger:
         self.charged.update(
             operand.identity
             for facts in all_facts
-            if facts.kind not in (None, OpKind.FREE)
+            if facts.kind is not None and not facts.free
             for role, operand in facts.operands.items()
             if role in LAYER_ROLES
         )
         rows = []
         for facts in all_facts:
-            if facts.node.op == "call_module" and facts.kind not in (None, OpKind.FREE):
+            if facts.node.op == "call_module" and facts.kind is not None and not facts.free:
                 rows.extend(self.module_parameters(facts, traced, note=""))
         for node in traced.graph.nodes:
             if node.op != "get_attr" or not node.users:

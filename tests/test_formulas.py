@@ -292,10 +292,11 @@ def test_layer_norm() -> None:
 
 
 def test_scaled_dot_product_attention() -> None:
-    # batch*heads = 2, 4 queries and keys of depth 8: 32 scores.
+    # batch*heads = 2, 4 queries and keys of depth 8: 32 scores. The scale 1/sqrt(8) multiplies
+    # each query element once (2 x 4 x 8), as q * scale before q·kᵀ.
     report = score(Lambda(lambda x: F.scaled_dot_product_attention(x, x, x)), 2, 4, 8)
     (row,) = report.layers
-    qk, scale, softmax_mults, av = 32 * 8, 32, 2 * 32, 2 * 4 * 8 * 4
+    qk, scale, softmax_mults, av = 32 * 8, 2 * 4 * 8, 2 * 32, 2 * 4 * 8 * 4
     assert row.mults == qk + scale + softmax_mults + av
     assert row.adds == 32 * 7 + 32 + 2 * 4 * 8 * 3
 

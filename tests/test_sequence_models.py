@@ -36,9 +36,10 @@ def test_multihead_attention_by_hand() -> None:
     row = layer(report, "attention")
     # q, k, v projections: 3 tokens x 4 outputs x 4-long dot products, plus a bias add each.
     projections = (3 * 48, 3 * (36 + 12))
-    # 2 heads of depth 2, 3 x 3 scores per head (18): q.k 18x2 mults and 18x1 adds, one scaling
-    # per score, softmax 2 mults + 1 add per score, then 2x3 outputs of depth 2 summing 3 values.
-    attention = (18 * 2 + 18 + 2 * 18 + 2 * 3 * 2 * 3, 18 * 1 + 18 + 2 * 3 * 2 * 2)
+    # 2 heads of depth 2, 3 x 3 scores per head (18): q.k 18x2 mults and 18x1 adds, the scale
+    # once per query element (3 tokens x 4), softmax 2 mults + 1 add per score, then 2x3
+    # outputs of depth 2 summing 3 values.
+    attention = (18 * 2 + 12 + 2 * 18 + 2 * 3 * 2 * 3, 18 * 1 + 18 + 2 * 3 * 2 * 2)
     output = (48, 36 + 12)
     assert row.mults == projections[0] + attention[0] + output[0]
     assert row.adds == projections[1] + attention[1] + output[1]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 
 from micronet_score.bits import QUANTIZED, dtype_bits
-from micronet_score.facts import QPARAM_ROLES, NodeFacts, Operand
+from micronet_score.facts import QPARAM_ROLES, NodeFacts
 from micronet_score.opkinds import OpKind
 from micronet_score.ops.cost import FormulaContext, NodeCost, Ops, Stored
 from micronet_score.ops.formulas_dot import out_elements as _out
@@ -71,110 +71,6 @@ def embedding(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
     weight = facts.weight
     assert weight is not None
     return NodeCost(Ops(), (stored(weight, ctx.stats(weight), ctx.bits.weight or 32, True),))
-
-
-def attention(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
-    """softmax(q·kᵀ · scale) · v: two batched matmuls, one scaling per score and a softmax."""
-    query, key, value = facts.inputs[:3]
-    batch = math.prod(query.shape[:-2])
-    queries, depth = query.shape[-2:]
-    return NodeCost(_attention_core(batch, queries, key.shape[-2], depth, value.shape[-1], ctx))
-
-
-def _slice(operand: Operand, rows: slice, part: str) -> Operand:
-    return Operand(f"{operand.key}[{part}]", hash((operand.identity, part)),
-                   operand.tensor[rows])
-
-
-def _projection(weight: Operand, bias: Operand | None, positions: int,
-                ctx: FormulaContext) -> Ops:
-    """A linear map applied at `positions` inputs: one dot product per output row."""
-    stats = ctx.stats(weight)
-    if not ctx.rules.sparsity.skip_zero_weights:
-        stats = dense_stats(tuple(weight.tensor.shape), known=stats.known)
-    adds = (stats.nonzero - stats.nonzero_channels) * positions
-    if bias is not None:
-        adds += stats.channels * positions
-    return Ops.at(stats.nonzero * positions, ctx.bits.mult, adds, ctx.accumulator_bits)
-
-
-def _attention_core(batch_heads: int, queries: int, keys: int, depth: int, value_depth: int,
-                    ctx: FormulaContext) -> Ops:
-    """softmax(q kᵀ · scale) v for `batch_heads` independent heads."""
-    scores = batch_heads * queries * keys
-    softmax = ctx.rules.activations[K.SOFTMAX]
-    act = ctx.bits.act
-    weighted_values = batch_heads * queries * value_depth * keys
-    mults = scores * depth + scores + softmax.mults * scores + weighted_values
-    accumulate = scores * (depth - 1) + batch_heads * queries * value_depth * (keys - 1)
-    return Ops.at(mults, act, softmax.adds * scores, ctx.add_bits(act)) + Ops.at(
-        0, 0, accumulate, ctx.accumulator_bits
-    )
-
-
-def _all_stored(facts: NodeFacts, ctx: FormulaContext) -> tuple[Stored, ...]:
-    bits = ctx.bits.weight or 32
-    return tuple(
-        stored(op, ctx.stats(op), bits, True) if op.tensor.dim() >= 2
-        else stored(op, dense_stats(tuple(op.tensor.shape) or (1,)), bits)
-        for op in facts.operands.values()
-    )
-
-
-def multihead_attention(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
-    """nn.MultiheadAttention: the q, k and v projections, the attention itself, and the output
-    projection. Batch size 1, so a sequence of L tokens gives L positions."""
-    query, key = facts.inputs[:2]
-    ops_of = facts.operands
-    embed = query.shape[-1]
-    queries, keys = query.numel // embed, key.numel // key.shape[-1]
-    if "in_proj_weight" in ops_of:
-        packed = ops_of["in_proj_weight"]
-        weights = [_slice(packed, slice(i * embed, (i + 1) * embed), part)
-                   for i, part in enumerate("qkv")]
-    else:
-        weights = [ops_of[f"{part}_proj_weight"] for part in "qkv"]
-    bias = ops_of.get("in_proj_bias")
-    ops = Ops()
-    for weight, positions in zip(weights, (queries, keys, keys), strict=True):
-        ops = ops + _projection(weight, bias, positions, ctx)
-    heads = int(str(facts.attributes["num_heads"]))
-    ops = ops + _attention_core(heads, queries, keys, embed // heads, embed // heads, ctx)
-    ops = ops + _projection(ops_of["out_proj.weight"], ops_of.get("out_proj.bias"), queries, ctx)
-    return NodeCost(ops, _all_stored(facts, ctx))
-
-
-def lstm(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
-    """Per time step, layer and direction: the 4 gate pre-activations are two dot products
-    (input and hidden state) added together and to two biases; then 3 sigmoids, 2 tanh, the
-    cell update c = f*c + i*g (2 mults, 1 add) and h = o*tanh(c) (1 mult)."""
-    (sequence, *_) = facts.inputs
-    batch_first = bool(facts.attributes.get("batch_first"))
-    steps = sequence.shape[1] if batch_first and len(sequence.shape) == 3 else sequence.shape[0]
-    hidden = int(str(facts.attributes["hidden_size"]))
-    sigmoid, tanh = ctx.rules.activations[K.SIGMOID], ctx.rules.activations[K.TANH]
-    act = ctx.bits.act
-    gate_ops = Ops.at(3 * hidden * sigmoid.mults + 2 * hidden * tanh.mults + 3 * hidden, act,
-                      3 * hidden * sigmoid.adds + 2 * hidden * tanh.adds + hidden,
-                      ctx.add_bits(act))
-    ops = Ops()
-    for name, weight in facts.operands.items():
-        if not name.startswith("weight_ih"):
-            continue
-        suffix = name.removeprefix("weight_ih")  # e.g. "_l0" or "_l1_reverse"
-        step = _projection(weight, None, 1, ctx)
-        step = step + _projection(facts.operands[f"weight_hh{suffix}"], None, 1, ctx)
-        if f"weight_hr{suffix}" in facts.operands:  # projected LSTM (proj_size > 0)
-            step = step + _projection(facts.operands[f"weight_hr{suffix}"], None, 1, ctx)
-        with_bias = f"bias_ih{suffix}" in facts.operands
-        combine = Ops.at(0, 0, 4 * hidden * (3 if with_bias else 1), ctx.accumulator_bits)
-        ops = ops + _scaled(step + combine + gate_ops, steps)
-    return NodeCost(ops, _all_stored(facts, ctx))
-
-
-def _scaled(ops: Ops, times: int) -> Ops:
-    return Ops(ops.mults * times, ops.adds * times, ops.mult_bit_ops * times,
-               ops.add_bit_ops * times)
 
 
 def pool(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:

@@ -60,13 +60,21 @@ def _resolve(spelling: object) -> object | None:
                 value = getattr(value, name)
         except AttributeError:
             return None
-        return value
+        # Inside a symbolic trace a wrapped function is a patch: the original is behind it.
+        return getattr(value, "__wrapped__", value) if hasattr(
+            value, "__fx_already_patched") else value
     return None
 
 
 def _op_key(name: str) -> tuple[str, str]:
     namespace, _, op = name.partition("::")
     return namespace, op
+
+
+def resolve_op_table() -> None:
+    """Resolve the table's spellings now. Call it outside a symbolic trace: while tracing,
+    `torch.fx.wrap`-ped functions are replaced by patches that would be recorded instead."""
+    _index()
 
 
 def _index() -> _Index:

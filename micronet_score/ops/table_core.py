@@ -9,8 +9,6 @@ Each `ops` entry names an aten overload packet as it appears in the pre-dispatch
 
 from __future__ import annotations
 
-from importlib.util import find_spec
-
 from micronet_score.ops.spec import OpSpec, Trait
 
 T = Trait
@@ -33,23 +31,7 @@ def _activation(kind: str, *, modules: tuple[str, ...] = (), functions: tuple[st
     )
 
 
-# Until the sequence table takes them over (transitional: removed when it lands).
-_SEQUENCE = () if find_spec("micronet_score.ops.table_sequence") else (
-    OpSpec("lstm", {"micronet": _FORMULAS + "lstm"}, modules=("torch.nn.LSTM",),
-           traits=frozenset({T.COMPOSITE}),
-           attributes=("batch_first", "hidden_size", "num_layers", "bidirectional", "proj_size")),
-    OpSpec("multihead_attention", {"micronet": _FORMULAS + "multihead_attention"},
-           modules=("torch.nn.MultiheadAttention",), traits=frozenset({T.COMPOSITE}),
-           attributes=("num_heads", "batch_first")),
-    OpSpec("scaled_dot_product_attention", {"micronet": _FORMULAS + "attention"},
-           functions=(F + "scaled_dot_product_attention",),
-           ops=_aten("scaled_dot_product_attention", "_scaled_dot_product_flash_attention_for_cpu",
-                     "_scaled_dot_product_efficient_attention",
-                     "_scaled_dot_product_flash_attention")),
-)
-
 SPECS: tuple[OpSpec, ...] = (
-    *_SEQUENCE,
     OpSpec(
         "conv",
         {"micronet": _DOT + "dot_product", "imt_2022": _DOT + "imt_2022_dot_product",
