@@ -342,3 +342,23 @@ def test_zero_biases_are_stored_dense() -> None:
     report = score(fc, 4)
     assert report.params == 15
     assert report.layers[0].sparsity == 0.0
+
+
+def test_an_autocast_region_of_an_exported_program_is_counted() -> None:
+    """torch.export wraps an autocast region in one higher-order op around a subgraph: its
+    linear (64 products, 56 + 8 adds, 72 params) and the relu after it (8) are counted."""
+
+    class Mixed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(8, 8)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                y = self.fc(x)
+            return y.float().relu()
+
+    model = Mixed().eval()
+    program = torch.export.export(model, (torch.randn(1, 8),))
+    assert any("autocast" in str(node.target) for node in program.graph.nodes)
+    assert figures(score(program, 8)) == figures(score(model, 8)) == (72, 64 + 8, 64)
