@@ -17,7 +17,7 @@ from helpers import layers_of
 from torch import nn
 
 from micronet_score import score_model
-from micronet_score.ops.formulas_sequence import EinsumCount, einsum_count
+from micronet_score.ops.formulas_einsum import EinsumCount, einsum_count
 from micronet_score.ops.spec import OpSpec, all_specs, register_op, unregister_op
 from micronet_score.ops.table_sequence import SPECS
 from micronet_score.results import Report

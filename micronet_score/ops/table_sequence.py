@@ -66,7 +66,7 @@ SPECS: tuple[OpSpec, ...] = (
     ),
     OpSpec(
         "einsum",
-        {"micronet": _FORMULAS + "einsum"},
+        {"micronet": "micronet_score.ops.formulas_einsum:einsum"},
         functions=("torch.einsum",),
         ops=_aten("einsum"),
         description="1 operand: its sums; 2 operands: one product per combination of label "
