@@ -20,7 +20,7 @@ from micronet_score.folding import batch_norm_folds, folded_shift
 from micronet_score.graph import TracedModel
 from micronet_score.ledger import CountedNode, Ledger
 from micronet_score.opkinds import OpKind
-from micronet_score.ops.cost import FormulaContext, NodeCost
+from micronet_score.ops.cost import FormulaContext, NodeCost, Ops
 from micronet_score.ops.formulas_core import with_fused_activation, with_qparams
 from micronet_score.ops.index import formula_of
 from micronet_score.results import Uncounted
@@ -50,6 +50,7 @@ def count(
     folded_bias = {conv: folded_shift(bn, _label(conv)) for bn, conv in folds.items()}
     ledger = Ledger(declared, rules.default_bits)
     value_bits = _value_bits(all_facts)
+    constant = _constant_nodes(traced)
     counted: list[CountedNode] = []
     uncounted: list[Uncounted] = []
     for facts in all_facts:
@@ -74,6 +75,10 @@ def count(
             uncounted.append(Uncounted(facts.node.name, facts.target, facts.module))
             counted.extend(ledger.module_parameters(facts, traced))
             continue
+        if facts.node in constant and (cost.ops.mults or cost.ops.adds):
+            # Arithmetic on values the graph builds itself, such as gather indices from
+            # `arange`: the same at every inference, so computed once, offline.
+            cost = NodeCost(Ops(), cost.stored, "built from constants: computed once, offline")
         counted.append(CountedNode(facts, bits, ledger.charge(cost)))
     counted.extend(ledger.unclaimed(traced, all_facts))
     modules = {name for name, _ in traced.root.named_modules()}
@@ -92,6 +97,22 @@ def count(
         traced.input_shape,
         traced.method,
     )
+
+
+def _constant_nodes(traced: TracedModel) -> set[torch.fx.Node]:
+    """Nodes computed from values the graph builds itself (`arange`, `full`, numbers): neither
+    an input of the model nor a stored tensor reaches them. Core-ATen programs compute gather
+    indices this way (reflect pads, nearest-exact and linear resizes, roll, triu)."""
+    reached: set[torch.fx.Node] = set()
+    built: set[torch.fx.Node] = set()
+    for node in traced.graph.nodes:
+        if node.op in ("placeholder", "get_attr") or any(
+            n in reached for n in node.all_input_nodes
+        ):
+            reached.add(node)
+        elif node.op in ("call_function", "call_method"):
+            built.add(node)
+    return built
 
 
 def _cost(facts: NodeFacts, context: FormulaContext) -> NodeCost | None:

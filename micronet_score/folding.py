@@ -59,7 +59,7 @@ def _producer(facts: NodeFacts, by_node: dict[torch.fx.Node, NodeFacts]) -> Node
         producer = by_node.get(source)
         if producer is None:
             return None
-        if not producer.free:
+        if producer.kind != OpKind.FREE:  # the plain moves only: not where, masked_fill, pads
             return producer
         if not producer.inputs or producer.output != producer.inputs[0]:
             return None

@@ -28,6 +28,10 @@ def batch_norm(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
     scale and shift, whose running statistics fold into those two values."""
     if ctx.folded_into is not None:
         return NodeCost(Ops(), (), f"folded into {ctx.folded_into}")
+    from micronet_score.ops.formulas_norm import batch_statistics, computes_statistics
+
+    if computes_statistics(facts):  # training=True, or core-ATen's instance norm
+        return batch_statistics(facts, ctx)
     policy = ctx.rules.batch_norm
     elements = _out(facts)
     channels = facts.inputs[0].shape[1]
@@ -53,7 +57,9 @@ def normalization(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
         groups = elements // group_size
     else:
         assert facts.output is not None
-        groups = facts.output.shape[0] * int(str(facts.attributes["num_groups"]))
+        # `num_groups` for the module and F.group_norm, `group` for aten::native_group_norm
+        number = facts.attributes.get("num_groups", facts.attributes.get("group"))
+        groups = facts.output.shape[0] * int(str(number))
     affine = facts.weight is not None
     mults = 2 * elements + 3 * groups + (elements if affine else 0)
     adds = 3 * elements + groups + (elements if facts.bias is not None else 0)
@@ -120,6 +126,13 @@ def elementwise_add(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
 
 
 def elementwise_mul(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
+    """One product per output element; none for a product or quotient by the number 1, or a
+    product by 0 (core-ATen writes such steps inside softplus and addcdiv)."""
+    other = facts.args.get("other")
+    if isinstance(other, int | float) and not isinstance(other, bool) and (
+        other == 1 or (other == 0 and facts.kind == "mul")
+    ):
+        return NodeCost(Ops())
     return NodeCost(Ops.at(_out(facts), ctx.bits.act, 0, 0))
 
 
@@ -129,8 +142,11 @@ def activation(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
     cost = ctx.rules.activations[facts.kind]
     elements = _out(facts)
     width = ctx.bits.act
+    # aten::elu also spells selu: its output and input scales other than 1 are products
+    scales = sum(facts.args.get(name, 1) != 1 for name in ("scale", "input_scale"))
     return NodeCost(
-        Ops.at(cost.mults * elements, width, cost.adds * elements, ctx.add_bits(width))
+        Ops.at((cost.mults + scales) * elements, width, cost.adds * elements,
+               ctx.add_bits(width))
     )
 
 

@@ -127,7 +127,7 @@ SPECS: tuple[OpSpec, ...] = (
         functions=(F + "group_norm",),
         ops=_aten("group_norm", "native_group_norm"),
         traits=frozenset({T.SHAPE_PRESERVING}),
-        attributes=("num_groups", "eps"),
+        attributes=("num_groups", "group", "eps"),
         description="as layer_norm, over each group of channels",
     ),
     OpSpec(
@@ -225,8 +225,10 @@ SPECS: tuple[OpSpec, ...] = (
                 ops=("leaky_relu", "leaky_relu_")),
     _activation("elu", modules=("torch.nn.ELU",), functions=(F + "elu", F + "elu_"),
                 ops=("elu", "elu_")),
-    _activation("softmax", modules=("torch.nn.Softmax",),
-                functions=(F + "softmax", "torch.softmax"), methods=("softmax",),
+    # softmin is softmax(-x): the negation flips sign bits, free
+    _activation("softmax", modules=("torch.nn.Softmax", "torch.nn.Softmax2d", "torch.nn.Softmin"),
+                functions=(F + "softmax", "torch.softmax", F + "softmin"),
+                methods=("softmax",),
                 ops=("softmax", "_softmax")),
     _activation("log_softmax", modules=("torch.nn.LogSoftmax",),
                 functions=(F + "log_softmax", "torch.log_softmax"), methods=("log_softmax",),
