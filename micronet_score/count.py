@@ -121,7 +121,11 @@ def _cost(facts: NodeFacts, context: FormulaContext) -> NodeCost | None:
     if facts.kind is None:
         return None
     variant = context.rules.formulas.get(facts.kind, "micronet")
-    cost = formula_of(facts.kind, variant)(facts, context)
+    try:
+        cost = formula_of(facts.kind, variant)(facts, context)
+    except Exception as error:  # a formula's bug (or a plugin's) names its kind and node
+        raise UserError(f"the {facts.kind!r} formula failed on node '{facts.node.name}' "
+                        f"({type(error).__name__}: {error})") from error
     if cost is None:
         return None
     assert isinstance(cost, NodeCost), f"the {facts.kind} formula returned {cost!r}"

@@ -322,7 +322,7 @@ def _stored(value: object, root: nn.Module) -> Operand | None:
             if tensor is None:
                 return None
             return Operand(str(value.target), id(tensor), tensor.detach(), bits, transposed)
-        spec = node_spec(value, root) if value.op == "call_function" else None
+        spec = node_spec(value, root) if value.op in ("call_function", "call_method") else None
         passes = spec is not None and (Trait.FREE in spec.traits or Trait.QUANTIZER in spec.traits)
         if passes and value.args:
             if spec is not None and Trait.QUANTIZER in spec.traits and bits is None:
@@ -347,6 +347,8 @@ def _swaps_last_dims(node: torch.fx.Node) -> bool:
     name = getattr(node.target, "__name__", str(node.target)).split(".")[0]
     if name in ("t", "numpy_T"):
         return True
+    if name == "getattr":  # `w.T`, `w.mT` in a symbolic trace
+        return len(node.args) == 2 and node.args[1] in ("T", "mT")
     if name == "transpose":
         return len(node.args) == 3 and {node.args[1], node.args[2]} in ({0, 1}, {-1, -2})
     if name == "permute" and len(node.args) == 2 and isinstance(node.args[1], list | tuple):

@@ -61,10 +61,26 @@ def _producer(facts: NodeFacts, by_node: dict[torch.fx.Node, NodeFacts]) -> Node
             return None
         if producer.kind != OpKind.FREE:  # the plain moves only: not where, masked_fill, pads
             return producer
-        if not producer.inputs or producer.output != producer.inputs[0]:
+        if not _in_place(producer):
             return None
         source = source.all_input_nodes[0]
     return None
+
+
+# Free nodes that leave every value where it was when their output has their input's shape and
+# dtype (a transpose of two equal dimensions keeps the shape but moves the channels).
+_IN_PLACE = frozenset({
+    "dropout", "native_dropout", "feature_dropout", "alpha_dropout", "identity", "clone",
+    "contiguous", "detach", "alias", "view", "reshape", "_unsafe_view", "flatten", "unflatten",
+    "squeeze", "unsqueeze", "_to_copy", "to", "type_as", "float", "lift_fresh_copy",
+})
+
+
+def _in_place(facts: NodeFacts) -> bool:
+    if not facts.inputs or facts.output != facts.inputs[0]:
+        return False
+    name = facts.target.strip(".()").rsplit(".", 1)[-1].rstrip("_").lower()
+    return name in _IN_PLACE or name.startswith("dropout")
 
 
 def _value_users(node: torch.fx.Node, by_node: dict[torch.fx.Node, NodeFacts]) -> list[object]:

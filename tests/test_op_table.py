@@ -362,3 +362,89 @@ def test_an_autocast_region_of_an_exported_program_is_counted() -> None:
     program = torch.export.export(model, (torch.randn(1, 8),))
     assert any("autocast" in str(node.target) for node in program.graph.nodes)
     assert figures(score(program, 8)) == figures(score(model, 8)) == (72, 64 + 8, 64)
+
+
+# --- found by review: each a hand count in every IR --------------------------------------------
+
+
+class Lambda(nn.Module):
+    def __init__(self, function: object, **tensors: torch.Tensor) -> None:
+        super().__init__()
+        self.function = function
+        for name, value in tensors.items():
+            setattr(self, name, nn.Parameter(value))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        result: torch.Tensor = self.function(self, x)  # type: ignore[operator]
+        return result
+
+
+def test_batch_norm_does_not_fold_across_a_transpose() -> None:
+    """The conv's 4 output channels move to axis 2: the BatchNorm normalizes the old H axis.
+    conv: 8 params, 64 x 2 mults, 64 adds; BatchNorm: 2 x 4 params, 64 + 64 ops."""
+    model = nn.Sequential(nn.Conv2d(2, 4, 1, bias=False))
+    model.append(Lambda(lambda self, x: x.transpose(1, 2)))
+    model.append(nn.BatchNorm2d(4))
+    assert three_ways(model, 2, 4, 4) == [(16, 192, 128)] * 3
+
+
+def sparse_square() -> torch.Tensor:
+    """8 x 8 with column 0 zero and column 1 zero below row 0: 49 non-zeros, 7 columns used."""
+    w = torch.randn(8, 8) + 10  # no accidental zeros
+    w[:, 0] = 0
+    w[1:, 1] = 0
+    return w
+
+
+# Read as W.t(), W's columns are the dot products: 49 products per token over 7 non-empty
+# outputs (42 adds), stored sparse: 49 x 32 bits + a 64-bit mask = 51 params.
+READ_TRANSPOSED = (51, 5 * 49, 5 * 42)
+
+
+@pytest.mark.parametrize("forward", [
+    lambda self, x: torch.nn.functional.linear(x, self.w.t()),
+    lambda self, x: (self.w.t() @ x[0].t()).t(),
+    lambda self, x: x @ self.w,
+], ids=["linear_of_t", "stored_first", "x_at_w"])
+def test_a_matrix_read_transposed_skips_the_zeros_of_its_columns(forward: object) -> None:
+    model = Lambda(forward, w=sparse_square())
+    assert three_ways(model, 5, 8) == [READ_TRANSPOSED] * 3
+
+
+def test_x_at_w_dot_t_is_a_linear_layer() -> None:
+    """x (5 x 8) @ W.T with W 12 x 8: 12 outputs of 8 products per token."""
+    model = Lambda(lambda self, x: x @ self.w.T, w=torch.randn(12, 8))
+    assert three_ways(model, 5, 8) == [(96, 480, 420)] * 3
+
+
+def test_addmm_between_activations_takes_its_length_from_mat1() -> None:
+    """b (4,) + x (1 x 8) @ (8 x 4): 4 outputs of 8 products, 7 + 1 adds each."""
+    model = Lambda(lambda self, x: torch.addmm(self.b, x, x.view(8, 1).expand(8, 4)),
+                   b=torch.randn(4))
+    assert three_ways(model, 8) == [(4, 32, 32)] * 3
+
+
+def test_a_reflect_padded_conv_counts_the_same_in_core_aten() -> None:
+    """Core-ATen computes the reflection's indices from `arange`: built once, not counted."""
+    conv = nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect", bias=False)
+    assert three_ways(conv, 3, 6, 6) == [(108, 4 * 36 * 27, 4 * 36 * 26)] * 3
+
+
+def test_batch_statistics_in_core_aten_leave_nothing_uncounted() -> None:
+    """F.batch_norm(training=True): the running-statistics update (`copy_`) is free."""
+    model = Lambda(lambda self, x: torch.nn.functional.batch_norm(
+        x, torch.zeros(2), torch.ones(2), training=True))
+    program = torch.export.export(model.eval(), (torch.randn(1, 2, 3, 3),))
+    assert score(program.run_decompositions(), 2, 3, 3).uncounted == ()
+
+
+def test_a_formula_that_fails_names_its_kind() -> None:
+    register_op(OpSpec("broken", {"micronet": lambda facts, ctx: 1 / 0},
+                       functions=("torch.special.bessel_j0",), description="fails"))
+    try:
+        from micronet_score.errors import UserError
+
+        with pytest.raises(UserError, match="the 'broken' formula failed on node"):
+            score(Lambda(lambda self, x: torch.special.bessel_j0(x)), 4)
+    finally:
+        unregister_op("broken")

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from micronet_score.bits import width
 from micronet_score.facts import NodeFacts, Operand
+from micronet_score.graph import TensorInfo
 from micronet_score.opkinds import OpKind
 from micronet_score.ops.cost import FormulaContext, NodeCost, Ops, Stored
 from micronet_score.sparsity import WeightStats, dense_stats
@@ -49,7 +50,7 @@ def weights(facts: NodeFacts, ctx: FormulaContext) -> tuple[WeightStats, tuple[S
     stats = ctx.stats(weight)
     kept = (stored(weight, stats, ctx.bits.weight or 32, maskable=True),
             *weight_qparams(weight, ctx))
-    return weight_stats(weight, ctx), kept
+    return weight_stats(_as_rows(weight, used_as_second=False), ctx), kept
 
 
 def weight_qparams(weight: Operand, ctx: FormulaContext) -> tuple[Stored, ...]:
@@ -179,11 +180,13 @@ def _as_rows(operand: Operand, used_as_second: bool) -> Operand:
 
 
 def _stored_product(facts: NodeFacts, ctx: FormulaContext, weight: Operand, second: bool,
-                    bias: Operand | None, bias_add: bool) -> NodeCost:
+                    bias: Operand | None, bias_add: bool) -> NodeCost | None:
     """x @ W (second=True) or W @ x with W stored: a linear layer over W's non-zeros."""
     rows = _as_rows(weight, used_as_second=second)
     stats = weight_stats(rows, ctx)
     outputs = out_elements(facts)
+    if outputs % stats.channels:
+        return None  # the weight's layout is not what the product reads: never guess
     positions = outputs // stats.channels
     mults = stats.nonzero * positions
     adds = (stats.nonzero - stats.nonzero_channels) * positions + (outputs if bias_add else 0)
@@ -192,12 +195,20 @@ def _stored_product(facts: NodeFacts, ctx: FormulaContext, weight: Operand, seco
     return NodeCost(Ops.at(mults, ctx.bits.mult, adds, ctx.accumulator_bits), kept)
 
 
+def _info_of(facts: NodeFacts, node: object) -> TensorInfo | None:
+    """Shape and dtype of the activation input `node` of the call."""
+    for input_node, info in zip(facts.input_nodes, facts.inputs, strict=True):
+        if input_node is node:
+            return info
+    return None
+
+
 def _scales(facts: NodeFacts, *names: str) -> int:
     """One multiplication per output for each of `alpha`/`beta` that is not 1 (or 0)."""
     return sum(facts.args.get(name, 1) not in (0, 1) for name in names) * out_elements(facts)
 
 
-def matmul(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
+def matmul(facts: NodeFacts, ctx: FormulaContext) -> NodeCost | None:
     """A dot product of length n per output: n mults and n - 1 adds. When one side is a stored
     2-D matrix (a weight written by hand: `x @ self.w`), its zeros are skipped as a linear
     layer's, and it is stored with a mask if that is cheaper."""
@@ -219,13 +230,13 @@ def _operand_names(facts: NodeFacts) -> tuple[str, str]:
     if "mat2" in facts.args:
         return "self", "mat2"
     if "other" in facts.args:
-        return "input", "other"
+        return ("self" if "self" in facts.args else "input"), "other"
     names = [n for n in facts.args if isinstance(facts.args[n], torch.fx.Node)]
     padded = [*names, "", ""]
     return padded[0], padded[1]
 
 
-def addmm(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
+def addmm(facts: NodeFacts, ctx: FormulaContext) -> NodeCost | None:
     """beta * input + alpha * (mat1 @ mat2). With mat2 stored it is a linear layer (GPT-2's
     Conv1D, core-ATen's decomposed nn.Linear): mat1's rows times mat2's non-zeros, and one add
     per output for `input` (a bias, stored dense). A scale other than 1 costs one product per
@@ -234,9 +245,14 @@ def addmm(facts: NodeFacts, ctx: FormulaContext) -> NodeCost:
     bias = facts.operands.get("self")
     bias_add = facts.args.get("beta", 1) != 0
     if weight is not None and weight.tensor.dim() == 2:
-        cost = _stored_product(facts, ctx, weight, True, bias if bias_add else None, bias_add)
+        product = _stored_product(facts, ctx, weight, True, bias if bias_add else None, bias_add)
+        if product is None:
+            return None
+        cost = product
     else:
-        mat1 = facts.inputs[1] if bias is None else facts.inputs[0]
+        mat1 = _info_of(facts, facts.args.get("mat1"))
+        if mat1 is None:
+            return None
         length = mat1.shape[-1]
         outputs = out_elements(facts)
         adds = outputs * (length - 1) + (outputs if bias_add else 0)

@@ -262,7 +262,8 @@ SPECS: tuple[OpSpec, ...] = (
             "unsqueeze", "flatten", "split", "split_with_sizes", "slice", "select",
             "contiguous", "dropout", "native_dropout", "lift_fresh_copy", "sym_size", "unbind",
             "chunk", "_assert_tensor_metadata", "_assert_scalar", "sym_constrain_range_for_size",
-            "copy", "empty_like", "zeros_like", "dequantize", "type_as", "unflatten", "narrow",
+            "copy", "copy_", "empty_like", "zeros_like", "dequantize", "type_as", "unflatten",
+            "narrow",
         ), "quantized::cat", "quantized::cat_relu", *(
             f"quantized_decomposed::{name}" for name in (
                 "choose_qparams", "choose_qparams_symmetric", "choose_qparams_per_token",
