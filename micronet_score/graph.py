@@ -204,8 +204,23 @@ def _export_fallback(
             "make the forward free of data-dependent control flow, or export it yourself "
             "with torch.export and score the .pt2 file"
         ) from export_error
-    gm = program.module()
+    gm = inline_subgraphs(program).module()
     return TracedModel(gm.graph, gm, _recorded_values(gm.graph), input_shape, "torch.export")
+
+
+_SUBGRAPH_WRAPPERS = ("wrap_with_autocast", "wrap_with_set_grad_enabled")
+
+
+def inline_subgraphs(program: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
+    """A region under autocast or no_grad is one higher-order op around a subgraph in an exported
+    program; `run_decompositions` with no decompositions inlines it (casts made explicit),
+    computing the same. Other programs are returned as they are."""
+    wraps = any(
+        node.op == "call_function"
+        and getattr(node.target, "__name__", "") in _SUBGRAPH_WRAPPERS
+        for node in program.graph.nodes
+    )
+    return program.run_decompositions({}) if wraps else program
 
 
 def _first_line(error: Exception) -> str:

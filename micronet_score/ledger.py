@@ -3,9 +3,10 @@
 
 Formulas say what a node stores (`NodeCost.stored`); the ledger drops what an earlier node already
 charged. After the formulas, it charges what no formula stored: the parameters of an uncounted
-layer or of a registered layer whose formula stores none, and tensors the graph reads directly
-(a class token, a rotary table, a quantization scale). Learned parameters come out as
-`parameter` rows, other tensors (buffers, constants captured at trace time) as `buffer` rows.
+layer or of a layer registered with `register_op` whose formula leaves them out, and tensors the
+graph reads directly (a class token, a rotary table, a quantization scale). Learned parameters
+come out as `parameter` rows, other tensors (buffers, constants captured at trace time) as
+`buffer` rows.
 """
 
 from __future__ import annotations
@@ -85,8 +86,9 @@ class Ledger:
             if role in LAYER_ROLES
         )
         rows = []
-        for facts in all_facts:
-            if facts.node.op == "call_module" and facts.kind is not None and not facts.free:
+        for facts in all_facts:  # a registered formula may store less than its layer holds
+            if facts.node.op == "call_module" and facts.spec is not None \
+                    and not facts.spec.builtin:
                 rows.extend(self.module_parameters(facts, traced, note=""))
         for node in traced.graph.nodes:
             if node.op != "get_attr" or not node.users:

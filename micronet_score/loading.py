@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from micronet_score.errors import UserError
+from micronet_score.graph import inline_subgraphs
 from micronet_score.limits import MAX_STREAM_BYTES
 from micronet_score.ops.spec import RegistrationError
 
@@ -122,10 +123,7 @@ def from_exported(program: torch.export.ExportedProgram) -> LoadedModel:
                           for d in value.shape[1:])
             ranges = tuple(_size_range(program, d) for d in value.shape[1:])
             break
-    if _wraps_subgraphs(program):
-        # A region under autocast or no_grad is one higher-order op around a subgraph; with no
-        # decompositions, run_decompositions inlines it (casts made explicit), computing the same.
-        program = program.run_decompositions({})
+    program = inline_subgraphs(program)
     module = program.module()
     # Ours to annotate (made just now): the sizes each input dimension was exported for.
     module.meta[SIZE_RANGES] = ranges
@@ -133,15 +131,6 @@ def from_exported(program: torch.export.ExportedProgram) -> LoadedModel:
 
 
 SIZE_RANGES = "micronet_score.input_size_ranges"
-_SUBGRAPH_WRAPPERS = ("wrap_with_autocast", "wrap_with_set_grad_enabled")
-
-
-def _wraps_subgraphs(program: torch.export.ExportedProgram) -> bool:
-    return any(
-        node.op == "call_function"
-        and getattr(node.target, "__name__", "") in _SUBGRAPH_WRAPPERS
-        for node in program.graph.nodes
-    )
 
 
 def _size_range(program: torch.export.ExportedProgram, size: object) -> tuple[int, int | None]:

@@ -75,6 +75,11 @@ def refusal(load: Callable[[str], object], path: Path) -> str:
 
 
 RELU = "relu: {mults: 1, adds: 0}"
+
+
+def line_of(text: str) -> int:
+    """The line of micronet.yaml where `text` first appears (1-based)."""
+    return RULES_TEXT[:RULES_TEXT.index(text)].count("\n") + 1
 MULTS = "'activations.relu.mults' must be a number from 0 to 1000000, got "
 RULE_CASES = {
     "negative": (rules_with(RELU, "relu: {mults: -1000, adds: 0}"), MULTS + "-1000"),
@@ -153,11 +158,13 @@ RULE_CASES = {
     ),
     "duplicate_nested": (
         rules_with(RELU, "relu: {mults: 1, adds: 0, mults: 1}"),
-        "duplicate key 'activations.relu.mults'; each key may appear once (line 70)",
+        "duplicate key 'activations.relu.mults'; each key may appear once (line "
+        f"{line_of(RELU)})",
     ),
     "duplicate_section_key": (
         rules_with("  enabled: true\n", "  enabled: true\n  enabled: false\n"),
-        "duplicate key 'freebie.enabled'; each key may appear once (line 39)",
+        "duplicate key 'freebie.enabled'; each key may appear once (line "
+        f"{line_of('  enabled: true') + 1})",
     ),
     "billion_laughs": (
         BILLION_LAUGHS,

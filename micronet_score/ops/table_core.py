@@ -245,7 +245,7 @@ SPECS: tuple[OpSpec, ...] = (
         functions=(
             "torch.cat", "torch.concat", "torch.stack", "torch.flatten", "torch.reshape",
             "torch.permute", "torch.transpose", "torch.squeeze", "torch.unsqueeze",
-            "torch.chunk", "torch.split", "torch.narrow", "torch.t", "torch.clone",
+            "torch.chunk", "torch.split", "torch.narrow", "torch.t", "torch.clone", "torch.unbind",
             "torch.dequantize", "torch._assert", "operator.getitem", "builtins.getattr",
             F + "dropout", F + "dropout1d", F + "dropout2d", F + "dropout3d",
             F + "alpha_dropout", "torch.Tensor.size", "torchvision.ops.stochastic_depth",
