@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 from torchvision.datasets import CIFAR10
+from torchvision.datasets.utils import check_integrity
 from torchvision.transforms import v2
 
 from micronet_score.errors import UserError
@@ -48,8 +49,9 @@ class DataNotFoundError(DataError, FileNotFoundError):
 class _UnverifiedCIFAR10(CIFAR10):  # type: ignore[misc]  # torchvision ships no type hints
     """torchvision's CIFAR-10 reader with existence-only file checks.
 
-    torchvision compares each file's md5 with the official release's, which a generated fixture
-    cannot match; giving it ``None`` checksums keeps every other step of the real reader.
+    torchvision compares each file's md5 with the official release's on every read, which one's
+    own copy or a generated fixture cannot match; `check_cifar10` does that check once when it is
+    wanted, and giving the reader ``None`` checksums keeps every other step of it.
     """
 
     train_list: ClassVar[list[list[str | None]]] = [[n, None] for n, _ in CIFAR10.train_list]
@@ -57,22 +59,43 @@ class _UnverifiedCIFAR10(CIFAR10):  # type: ignore[misc]  # torchvision ships no
     meta: ClassVar[dict[str, str | None]] = {**CIFAR10.meta, "md5": None}
 
 
-def _cifar_files() -> list[str]:
-    return [name for name, _ in CIFAR10.train_list + CIFAR10.test_list] + [
-        CIFAR10.meta["filename"]
-    ]
+def _cifar_files() -> list[tuple[str, str]]:
+    """(file name, MD5 of the official release) for every file the reader needs."""
+    listed = [(name, md5) for name, md5 in CIFAR10.train_list + CIFAR10.test_list]
+    return [*listed, (CIFAR10.meta["filename"], CIFAR10.meta["md5"])]
 
 
-def _cifar10(
-    root: Path, *, train: bool, download: bool, verify_checksums: bool
-) -> Dataset[Any]:
+def check_cifar10(root: Path, *, download: bool, verify_checksums: bool) -> None:
+    """Raise unless ``root`` holds a readable CIFAR-10 folder (or ``download`` may fetch it).
+
+    Missing files are a `DataNotFoundError` naming them (unless ``download``). With
+    ``verify_checksums``, each present file's MD5 is compared with the official release's and
+    the first that differs is a `DataError` saying how to use one's own copy instead
+    (``verify_checksums: false`` in the recipe), whether or not ``download`` is set: files a
+    user put there are never replaced.
+    """
     folder = root / CIFAR10.base_folder
-    missing = [name for name in _cifar_files() if not (folder / name).is_file()]
+    missing = [name for name, _ in _cifar_files() if not (folder / name).is_file()]
     if missing and not download:
         raise DataNotFoundError(
             f"CIFAR-10 not found in {folder} (missing {', '.join(missing)}); pass --download, "
             f"or put the extracted {CIFAR10.base_folder} folder in {root}"
         )
+    if not verify_checksums:
+        return
+    for name, md5 in _cifar_files():
+        path = folder / name
+        if path.is_file() and not check_integrity(str(path), md5):
+            raise DataError(
+                f"{path} is not the official CIFAR-10 release's (its MD5 checksum differs); "
+                "to use your own copy in the same format, set 'verify_checksums: false' in "
+                f"the recipe, or delete {folder} and pass --download for the official files"
+            )
+
+
+def _cifar10(root: Path, *, train: bool, download: bool) -> Dataset[Any]:
+    """One split, read by torchvision's reader once `check_cifar10` has passed (or is to be
+    downloaded: then torchvision fetches the release and checks its archive's checksum)."""
     augment = [v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip()] if train else []
     transform = v2.Compose(
         [
@@ -82,14 +105,15 @@ def _cifar10(
             v2.Normalize(CIFAR10_MEAN, CIFAR10_STD),
         ]
     )
-    reader = CIFAR10 if verify_checksums else _UnverifiedCIFAR10
+    complete = all((root / CIFAR10.base_folder / name).is_file() for name, _ in _cifar_files())
+    reader = _UnverifiedCIFAR10 if complete else CIFAR10
     try:
         dataset: Dataset[Any] = reader(
-            root=str(root), train=train, transform=transform, download=download
+            root=str(root), train=train, transform=transform, download=download and not complete
         )
-    except RuntimeError as error:  # torchvision's answer to a checksum mismatch
+    except RuntimeError as error:  # torchvision's answer to a failed download check
         raise DataError(
-            f"CIFAR-10 files in {folder} do not match the official release ({error}); "
+            f"CIFAR-10 in {root / CIFAR10.base_folder} could not be read ({error}); "
             "delete the folder and pass --download"
         ) from error
     return dataset
@@ -141,16 +165,18 @@ def make_loaders(
 
     ``data_dir`` is where CIFAR-10's ``cifar-10-batches-py`` folder lives; digits ignores it.
     Shuffling draws from torch's global generator, so a training loop that saves and restores
-    that generator resumes with the same batch order. ``verify_checksums=False`` is for
-    generated fixtures only (see `write_cifar_fixture`).
+    that generator resumes with the same batch order. ``verify_checksums=False`` reads a
+    CIFAR-10 folder whose files are in the official format but not byte-identical to the
+    official release (one's own copy, or a fixture from `write_cifar_fixture`). Raises
+    `DataNotFoundError` for missing files and `DataError` for any other unreadable data set.
     """
     train_set: Dataset[Any]
     test_set: Dataset[Any]
     if dataset == "cifar10":
         root = Path(data_dir)
+        check_cifar10(root, download=download, verify_checksums=verify_checksums)
         train_set, test_set = (
-            _cifar10(root, train=split, download=download, verify_checksums=verify_checksums)
-            for split in (True, False)
+            _cifar10(root, train=split, download=download) for split in (True, False)
         )
     elif dataset == "digits":
         train_set, test_set = load_digits_split()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import torch
@@ -61,7 +62,7 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
 
 
 class SeparableConv2d(nn.Module):
-    """A depthwise 3x3 then a pointwise 1x1, with no norm or activation in between.
+    """A depthwise 3x3 then a pointwise 1x1 (with ``groups``), no norm or activation between.
 
     It replaces a dense 3x3 one for one, so it keeps the dense conv's input/output contract and
     adds nothing else that would change the op count beyond the factorisation itself.
@@ -79,10 +80,55 @@ class SeparableConv2d(nn.Module):
         return out
 
 
-def _conv3x3(in_planes: int, out_planes: int, groups: int, separable: bool) -> nn.Module:
+@dataclass(frozen=True)
+class ConvGroups:
+    """Groups of each conv role in a dense layer: the bottleneck 1x1 (``conv1``), the plain 3x3
+    (``conv2``) and the pointwise 1x1 of a depthwise-separable ``conv2`` (its depthwise 3x3 is
+    always one group per channel). A count must divide its conv's input and output channels."""
+
+    conv1x1: int = 1
+    conv3x3: int = 1
+    pointwise: int = 1
+
+
+def conv_groups(
+    groups: int = 1,
+    *,
+    groups_1x1: int | None = None,
+    groups_3x3: int | None = None,
+    groups_pointwise: int | None = None,
+    bottleneck: bool = True,
+    separable: bool = False,
+) -> ConvGroups:
+    """The per-role groups of a DenseNet: ``groups`` for every role unless a role's own count is
+    given. A role's count for a conv the network does not have is refused (ValueError), so a
+    setting never silently does nothing: ``groups_1x1`` needs ``bottleneck``, ``groups_3x3`` a
+    plain 3x3 (not ``separable``), ``groups_pointwise`` a ``separable`` 3x3."""
+    absent = {
+        "groups_1x1": (groups_1x1, not bottleneck, "there is no bottleneck 1x1 conv "
+                       "(bottleneck is false)"),
+        "groups_3x3": (groups_3x3, separable, "the 3x3 conv is depthwise-separable (its "
+                       "depthwise part has one group per channel; set groups_pointwise)"),
+        "groups_pointwise": (groups_pointwise, not separable, "there is no pointwise conv "
+                             "(separable is false)"),
+    }
+    for name, (value, missing, why) in absent.items():
+        if value is not None and missing:
+            raise ValueError(f"{name} has no conv to apply to: {why}")
+    counts = ConvGroups(
+        groups if groups_1x1 is None else groups_1x1,
+        groups if groups_3x3 is None else groups_3x3,
+        groups if groups_pointwise is None else groups_pointwise,
+    )
+    if min(counts.conv1x1, counts.conv3x3, counts.pointwise) < 1:
+        raise ValueError(f"groups must be at least 1, got {counts}")
+    return counts
+
+
+def _conv3x3(in_planes: int, out_planes: int, groups: ConvGroups, separable: bool) -> nn.Module:
     if separable:
-        return SeparableConv2d(in_planes, out_planes, groups)
-    return nn.Conv2d(in_planes, out_planes, 3, padding=1, groups=groups, bias=False)
+        return SeparableConv2d(in_planes, out_planes, groups.pointwise)
+    return nn.Conv2d(in_planes, out_planes, 3, padding=1, groups=groups.conv3x3, bias=False)
 
 
 class DenseLayer(nn.Module):
@@ -93,7 +139,8 @@ class DenseLayer(nn.Module):
     """
 
     def __init__(
-        self, in_planes: int, growth_rate: int, *, bottleneck: bool, groups: int, separable: bool
+        self, in_planes: int, growth_rate: int, *, bottleneck: bool, groups: ConvGroups,
+        separable: bool,
     ) -> None:
         super().__init__()
         self.bn1: nn.BatchNorm2d | None = None
@@ -102,7 +149,7 @@ class DenseLayer(nn.Module):
         if bottleneck:
             inner = 4 * growth_rate
             self.bn1 = nn.BatchNorm2d(in_planes)
-            self.conv1 = nn.Conv2d(in_planes, inner, 1, groups=groups, bias=False)
+            self.conv1 = nn.Conv2d(in_planes, inner, 1, groups=groups.conv1x1, bias=False)
         self.bn2 = nn.BatchNorm2d(inner)
         self.conv2 = _conv3x3(inner, growth_rate, groups, separable)
 
@@ -127,7 +174,13 @@ class Transition(nn.Module):
 
 
 class DenseNet(nn.Module):
-    """CIFAR DenseNet for 32x32 inputs: a 3x3 stem, four dense stages, three transitions."""
+    """CIFAR DenseNet for 32x32 inputs: a 3x3 stem, four dense stages, three transitions.
+
+    ``groups`` applies to every grouped conv role of the dense layers (the bottleneck 1x1 and
+    the 3x3, or the pointwise part of a ``separable`` 3x3); ``groups_1x1``, ``groups_3x3`` and
+    ``groups_pointwise`` set one role each (see `conv_groups`). The stem, transitions and
+    classifier are never grouped.
+    """
 
     def __init__(
         self,
@@ -137,12 +190,19 @@ class DenseNet(nn.Module):
         reduction: float = 0.5,
         bottleneck: bool = True,
         groups: int = 1,
+        groups_1x1: int | None = None,
+        groups_3x3: int | None = None,
+        groups_pointwise: int | None = None,
         separable: bool = False,
         num_classes: int = 10,
     ) -> None:
         super().__init__()
         if len(blocks) != 4:
             raise ValueError(f"blocks needs four stage depths, got {tuple(blocks)}")
+        roles = conv_groups(
+            groups, groups_1x1=groups_1x1, groups_3x3=groups_3x3,
+            groups_pointwise=groups_pointwise, bottleneck=bottleneck, separable=separable,
+        )
         planes = 2 * growth_rate
         self.conv1 = nn.Conv2d(3, planes, 3, padding=1, bias=False)
         stages: list[nn.Sequential] = []
@@ -152,7 +212,7 @@ class DenseNet(nn.Module):
             for _ in range(depth):
                 layers.append(
                     DenseLayer(
-                        planes, growth_rate, bottleneck=bottleneck, groups=groups,
+                        planes, growth_rate, bottleneck=bottleneck, groups=roles,
                         separable=separable,
                     )
                 )
@@ -183,7 +243,8 @@ def densenet(
     growth_rate: int = 12, blocks: Sequence[int] = (6, 12, 24, 16), **kwargs: Any
 ) -> DenseNet:
     """Any CIFAR DenseNet: DenseNet-121's stage depths unless ``blocks`` says otherwise, and the
-    `DenseNet` options (``reduction``, ``bottleneck``, ``groups``, ``separable``) by keyword."""
+    `DenseNet` options (``reduction``, ``bottleneck``, ``groups`` and the per-role
+    ``groups_1x1``, ``groups_3x3``, ``groups_pointwise``, ``separable``) by keyword."""
     return DenseNet(blocks, growth_rate, **kwargs)
 
 
@@ -202,6 +263,13 @@ def densenet121_gr4_g2(**kwargs: Any) -> DenseNet:
 def densenet121_gr4_dws(**kwargs: Any) -> DenseNet:
     """Depthwise-separable 3x3 convs in every dense layer."""
     return densenet(4, separable=True, **kwargs)
+
+
+@register_model
+def densenet121_gr4_dws_g2(**kwargs: Any) -> DenseNet:
+    """Depthwise-separable 3x3 convs, and groups of 2 on the bottleneck 1x1 only (the
+    pointwise 1x1 of the separable conv stays whole)."""
+    return densenet(4, separable=True, groups_1x1=2, **kwargs)
 
 
 @register_model

@@ -24,7 +24,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 from matplotlib.transforms import Bbox
 
 if TYPE_CHECKING:
-    from micronet_score.compress.recipe import Candidate
+    from micronet_score.compress.candidates import Candidate
 
 # 9 x 6 inches at 150 dpi: 1350 x 900 pixels, readable at full size and in a report.
 FIGSIZE = (9.0, 6.0)

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
+from micronet_score.compress import distributed
 from micronet_score.errors import UserError
 
 PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -50,8 +51,8 @@ class Retrain(Protocol):
     It should stop after ``max_epochs`` epochs, or earlier once the accuracy reaches
     ``min_accuracy``, and return the accuracy of the model as it leaves it (not the best seen),
     since that state is what is kept. ``step`` says which step it is, for its progress lines.
-    The toolkit's recipes fit through a closure that calls `train` one epoch at a time and
-    returns its test accuracy.
+    The toolkit's recipes use `micronet_score.compress.stages.retrainer`: one `train` call per
+    step (one optimizer and learning-rate schedule over ``max_epochs``), stopped early.
     """
 
     def __call__(
@@ -86,7 +87,7 @@ def prunable_parameters(model: nn.Module) -> list[tuple[nn.Module, str]]:
 
 def global_sparsity(model: nn.Module) -> float:
     """Fraction of zeros over all conv and linear weights, masks (if attached) applied."""
-    weights = [_effective_weight(module) for module, _ in prunable_parameters(model)]
+    weights = [effective_weight(module) for module, _ in prunable_parameters(model)]
     total = sum(weight.numel() for weight in weights)
     zeros = sum(weight.numel() - int(torch.count_nonzero(weight)) for weight in weights)
     return zeros / total if total else 0.0
@@ -98,7 +99,7 @@ def layer_sparsity(model: nn.Module) -> dict[str, float]:
         name: 1.0 - int(torch.count_nonzero(weight)) / weight.numel()
         for name, module in model.named_modules()
         if isinstance(module, PRUNABLE_TYPES)
-        for weight in [_effective_weight(module)]
+        for weight in [effective_weight(module)]
     }
 
 
@@ -112,11 +113,30 @@ def make_permanent(model: nn.Module) -> None:
         prune.remove(module, tensor_name)  # type: ignore[no-untyped-call]
 
 
-def prune_schedule(step: float, target: float) -> tuple[float, ...]:
-    """Fractions of the remaining weights to remove per step: ``step`` each, the last one cut
-    short so that the global sparsity lands on ``target`` instead of overshooting it."""
-    if not 0.0 < step < 1.0 or not 0.0 < target < 1.0:
-        raise PruneError(f"step and target must lie strictly between 0 and 1, got {step}, {target}")
+def prune_schedule(
+    step: float, target: float | None = None, *, steps: int | None = None
+) -> tuple[float, ...]:
+    """Fractions of the remaining weights to remove per step; give exactly one of:
+
+    * ``steps``: exactly that many steps of ``step`` each, so the global sparsity ends at
+      1 - (1 - step)**steps (ten steps of 0.1: 1 - 0.9**10 = 65.13%);
+    * ``target``: steps of ``step`` until the sparsity reaches ``target``, the last one cut
+      short so that it lands on ``target`` instead of overshooting it.
+
+    Raises `PruneError` when ``step`` or ``target`` is outside (0, 1), ``steps`` is below 1, or
+    both or neither of ``target`` and ``steps`` are given.
+    """
+    if (target is None) == (steps is None):
+        raise PruneError("give either a target sparsity or a number of steps, not both or neither")
+    if not 0.0 < step < 1.0:
+        raise PruneError(f"step must lie strictly between 0 and 1, got {step}")
+    if steps is not None:
+        if steps < 1:
+            raise PruneError(f"steps must be at least 1, got {steps}")
+        return (step,) * steps
+    assert target is not None
+    if not 0.0 < target < 1.0:
+        raise PruneError(f"target must lie strictly between 0 and 1, got {target}")
     amounts: list[float] = []
     remaining = 1.0
     # The margin absorbs float error in the product, so the cut-short step is the last one.
@@ -132,31 +152,37 @@ def prune_iteratively(
     retrain: Retrain,
     *,
     step: float,
-    target: float,
+    target: float | None = None,
+    steps: int | None = None,
     max_epochs: int,
     min_accuracy: float,
     checkpoint_dir: str | Path | None = None,
 ) -> PruneResult:
-    """Prune ``model`` in place towards global sparsity ``target``, retraining after each step.
+    """Prune ``model`` in place by `prune_schedule` (``step`` with ``target`` or ``steps``),
+    retraining after each step.
 
+    Each step removes the smallest-magnitude fraction of the conv and linear weights still left,
+    over all layers at once: round(amount * remaining) of them (torch's global pruning count).
     A step whose retraining ends below ``min_accuracy`` is undone (weights as after the previous
     step's retraining) and pruning stops. With ``checkpoint_dir``, the model after each accepted
-    step is saved there as a plain state_dict plus the steps so far, and a later call with the
-    same folder and schedule continues after the last saved step; the pruned weights' zeros are
-    the masks, so resuming prunes exactly as an uninterrupted run would.
+    step is saved there as a plain state_dict plus the steps so far (by process 0 only, under
+    torchrun), and a later call with the same folder and schedule continues after the last saved
+    step; the pruned weights' zeros are the masks, so resuming prunes exactly as an uninterrupted
+    run would. Raises `PruneError` for a bad schedule or a folder of another schedule.
     """
-    schedule = prune_schedule(step, target)
+    schedule = prune_schedule(step, target, steps=steps)
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    steps = _resume(model, folder, schedule) if folder is not None else []
+    resumed = _resume(model, folder, schedule) if folder is not None else []
+    history = list(resumed)
     _attach_masks(model)
     reached_target = True
-    for index in range(len(steps), len(schedule)):
+    for index in range(len(history), len(schedule)):
         last_good = {key: value.clone() for key, value in model.state_dict().items()}
         _prune_step(model, schedule[index])
         current = RetrainStep(index + 1, len(schedule), global_sparsity(model))
         accuracy = retrain(model, max_epochs, min_accuracy, current)
         accepted = accuracy >= min_accuracy
-        steps.append(
+        history.append(
             PruneStep(
                 schedule[index], global_sparsity(model), accuracy, accepted, layer_sparsity(model)
             )
@@ -165,13 +191,13 @@ def prune_iteratively(
             model.load_state_dict(last_good)
             reached_target = False
             break
-        if folder is not None:
-            _save_checkpoint(model, folder, schedule, steps)
+        if folder is not None and distributed.current().main:
+            _save_checkpoint(model, folder, schedule, history)
     make_permanent(model)
-    return PruneResult(tuple(steps), global_sparsity(model), reached_target)
+    return PruneResult(tuple(history), global_sparsity(model), reached_target)
 
 
-def _effective_weight(module: nn.Module, name: str = "weight") -> torch.Tensor:
+def effective_weight(module: nn.Module, name: str = "weight") -> torch.Tensor:
     """The tensor as the forward pass sees it; recomputed because the attribute ``name`` is only
     refreshed by the pruning hook at the next forward, so it lags behind an optimizer step."""
     if hasattr(module, f"{name}_mask"):
@@ -195,7 +221,7 @@ def _attach_masks(model: nn.Module) -> None:
     pruning) stay pruned and the state_dict keys stay the same from step to step."""
     for module, name in prunable_parameters(model):
         if not hasattr(module, f"{name}_mask"):
-            mask = _effective_weight(module) != 0
+            mask = effective_weight(module) != 0
             prune.custom_from_mask(module, name, mask=mask)  # type: ignore[no-untyped-call]
 
 
@@ -205,7 +231,7 @@ def _prune_step(model: nn.Module, amount: float) -> None:
     prune.global_unstructured(
         parameters,
         pruning_method=prune.L1Unstructured,
-        importance_scores={(m, name): _effective_weight(m) for m, name in parameters},
+        importance_scores={(m, name): effective_weight(m) for m, name in parameters},
         amount=amount,
     )
 
@@ -221,7 +247,7 @@ def _save_checkpoint(
     for module_name, module, name in _pruned_tensors(model):
         key = f"{module_name}.{name}" if module_name else name
         del state[f"{key}_orig"], state[f"{key}_mask"]
-        state[key] = _effective_weight(module, name)
+        state[key] = effective_weight(module, name)
     payload = {
         "state_dict": state,
         "schedule": list(schedule),
@@ -241,8 +267,8 @@ def _resume(model: nn.Module, folder: Path, schedule: tuple[float, ...]) -> list
     payload = torch.load(paths[-1], map_location="cpu", weights_only=True)
     if tuple(payload["schedule"]) != schedule:
         raise PruneError(
-            f"{folder} holds checkpoints of another step/target schedule "
-            f"({len(payload['schedule'])} steps); use the same step and target or another folder"
+            f"{folder} holds checkpoints of another schedule ({len(payload['schedule'])} steps); "
+            "use the same step and target (or steps) or another folder"
         )
     model.load_state_dict(payload["state_dict"])
     return [PruneStep(**fields) for fields in payload["steps"]]

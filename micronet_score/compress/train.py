@@ -10,35 +10,41 @@ same weights as one that was never interrupted. Library code never prints; pass 
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Literal, Protocol, cast
+from typing import cast
 
 import torch
 import torch.nn.functional as F
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-)
-from rich.progress import Progress as RichBar
 from torch import nn
 from torch.optim.lr_scheduler import CosineAnnealingLR
 from torchvision.transforms import v2
 
+from micronet_score.compress import distributed
+from micronet_score.compress.checkpoint import (
+    CHECKPOINT_FILE,
+    METRICS_FILE,
+    load_checkpoint,
+    save_checkpoint,
+)
+from micronet_score.compress.configs import DistillConfig, TrainConfig
 from micronet_score.compress.data import Loader
-from micronet_score.errors import UserError
+from micronet_score.compress.distributed import World
+from micronet_score.compress.progress import (
+    EpochMetrics,
+    Labelled,
+    Progress,
+    RichProgress,
+    epoch_name,
+)
 
-CHECKPOINT_FILE = "checkpoint.pt"
-METRICS_FILE = "metrics.jsonl"
+__all__ = [
+    "CHECKPOINT_FILE", "METRICS_FILE", "DistillConfig", "EpochMetrics", "Labelled", "Progress",
+    "RichProgress", "StopFn", "TrainConfig", "TrainResult", "distill", "epoch_name", "evaluate",
+    "kd_loss", "resolve_device", "train",
+]
 
 # Steps between progress updates: each update reads values back from the device.
 _PROGRESS_EVERY = 10
@@ -46,75 +52,8 @@ _PROGRESS_EVERY = 10
 # (logits, the batch's images, targets as class indices or probabilities) -> scalar loss
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 Mixer = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """How to train. ``mixup_alpha`` / ``cutmix_alpha`` of 0 turn that augmentation off; with
-    both on, each batch uses one of them at random. ``seed`` fixes data order and augmentation
-    (seed the model's initialisation yourself, before building it). ``device`` None means CUDA
-    when available."""
-
-    epochs: int = 200
-    lr: float = 0.1
-    optimizer: Literal["sgd", "adam"] = "sgd"
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    label_smoothing: float = 0.0
-    mixup_alpha: float = 0.0
-    cutmix_alpha: float = 0.0
-    num_classes: int = 10
-    seed: int = 0
-    compile: bool = False
-    device: str | None = None
-
-    def __post_init__(self) -> None:
-        checks = {
-            "epochs must be at least 1": self.epochs >= 1,
-            "lr must be positive": self.lr > 0,
-            "optimizer must be 'sgd' or 'adam'": self.optimizer in ("sgd", "adam"),
-            "label_smoothing must be in [0, 1)": 0 <= self.label_smoothing < 1,
-            "mixup_alpha and cutmix_alpha must not be negative": min(
-                self.mixup_alpha, self.cutmix_alpha
-            ) >= 0,
-            "num_classes must be at least 2": self.num_classes >= 2,
-        }
-        _require(checks)
-
-
-@dataclass(frozen=True)
-class DistillConfig(TrainConfig):
-    """`TrainConfig` plus the distillation loss's temperature and its weight ``alpha``."""
-
-    temperature: float = 4.0
-    alpha: float = 0.9
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _require({
-            "temperature must be positive": self.temperature > 0,
-            "alpha must be in [0, 1]": 0 <= self.alpha <= 1,
-        })
-
-
-def _require(checks: dict[str, bool]) -> None:
-    failed = [message for message, ok in checks.items() if not ok]
-    if failed:
-        raise UserError("; ".join(failed))
-
-
-@dataclass(frozen=True)
-class EpochMetrics:
-    """One epoch. ``train_acc`` counts a mixed image as right when the prediction is its
-    dominant label; ``lr`` is the rate the epoch trained with; ``images_per_s`` excludes
-    evaluation (but not compilation, in the first epoch of a compiled run)."""
-
-    epoch: int
-    loss: float
-    train_acc: float
-    test_acc: float
-    images_per_s: float
-    lr: float
+# Asked after each epoch whether to end training there.
+StopFn = Callable[[EpochMetrics], bool]
 
 
 @dataclass(frozen=True)
@@ -127,107 +66,11 @@ class TrainResult:
         return self.history[-1].test_acc
 
 
-class Progress(Protocol):
-    """What the loop reports; the CLI's display implements it, tests record it. ``label``
-    names what the epoch belongs to, e.g. a pruning step, and is shown before it ("" for
-    plain training)."""
-
-    def start_epoch(self, epoch: int, epochs: int, steps: int, *, label: str = "") -> None: ...
-
-    def advance(self, steps: int, loss: float, accuracy: float, images_per_s: float) -> None: ...
-
-    def end_epoch(self, metrics: EpochMetrics, *, label: str = "") -> None: ...
-
-
-@dataclass(frozen=True)
-class Labelled:
-    """A `Progress` that forwards to ``inner`` with ``label``, counting the epoch as ``epoch``
-    of ``epochs``: for callers that train one epoch per `train` call, as pruning's retraining
-    does, and would otherwise show every epoch as 1/1."""
-
-    inner: Progress
-    label: str
-    epoch: int
-    epochs: int
-
-    def start_epoch(self, epoch: int, epochs: int, steps: int, *, label: str = "") -> None:
-        self.inner.start_epoch(self.epoch, self.epochs, steps, label=self.label)
-
-    def advance(self, steps: int, loss: float, accuracy: float, images_per_s: float) -> None:
-        self.inner.advance(steps, loss, accuracy, images_per_s)
-
-    def end_epoch(self, metrics: EpochMetrics, *, label: str = "") -> None:
-        self.inner.end_epoch(replace(metrics, epoch=self.epoch), label=self.label)
-
-
-def epoch_name(epoch: int, epochs: int, label: str = "") -> str:
-    """``"epoch 2/10"``, after ``label`` if any: how the bar and the epoch lines name an epoch."""
-    return f"{label} epoch {epoch}/{epochs}" if label else f"epoch {epoch}/{epochs}"
-
-
-class RichProgress:
-    """A rich progress bar per epoch (loss, accuracy, images/s), then one summary line.
-
-    Use as a context manager around `train` or `distill`.
-    """
-
-    def __init__(self, console: Console | None = None) -> None:
-        self._bar = RichBar(
-            TextColumn("{task.fields[name]}", markup=False),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn(
-                "loss {task.fields[loss]:.3f}  acc {task.fields[accuracy]:.1%}  "
-                "{task.fields[images_per_s]:,.0f} img/s"
-            ),
-            TimeRemainingColumn(),
-            console=console,
-            transient=True,
-        )
-        self._task: TaskID | None = None
-        self._epochs = 0  # of the current training run, for the epoch lines
-
-    def __enter__(self) -> RichProgress:
-        self._bar.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self._bar.stop()
-
-    def start_epoch(self, epoch: int, epochs: int, steps: int, *, label: str = "") -> None:
-        if self._task is not None:
-            self._bar.remove_task(self._task)
-        self._epochs = epochs
-        self._task = self._bar.add_task(
-            "", total=steps, name=epoch_name(epoch, epochs, label), loss=0.0, accuracy=0.0,
-            images_per_s=0.0,
-        )
-
-    def advance(self, steps: int, loss: float, accuracy: float, images_per_s: float) -> None:
-        if self._task is not None:
-            self._bar.update(
-                self._task, advance=steps, loss=loss, accuracy=accuracy, images_per_s=images_per_s
-            )
-
-    def end_epoch(self, metrics: EpochMetrics, *, label: str = "") -> None:
-        name = epoch_name(metrics.epoch, max(self._epochs, metrics.epoch), label)
-        self._bar.console.print(
-            f"{name}  loss {metrics.loss:.4f}  train {metrics.train_acc:.2%}  "
-            f"test {metrics.test_acc:.2%}  {metrics.images_per_s:,.0f} img/s  lr {metrics.lr:.4g}",
-            markup=False, highlight=False, soft_wrap=True,  # one line, in a log file too
-        )
-
-
 def resolve_device(name: str | None) -> torch.device:
-    """``name`` as a device; None picks CUDA when available, else the CPU."""
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    """``name`` as a device; None picks CUDA when available, else the CPU. Under torchrun with
+    several processes, a CUDA device is the process's own GPU (see
+    `distributed.process_device`)."""
+    return distributed.process_device(name)
 
 
 def kd_loss(
@@ -254,9 +97,18 @@ def kd_loss(
     return alpha * temperature**2 * soft + (1 - alpha) * hard
 
 
-def evaluate(model: nn.Module, loader: Loader, device: torch.device | str) -> float:
-    """Top-1 accuracy on ``loader``, in eval mode; the model's training mode is restored."""
+def evaluate(
+    model: nn.Module, loader: Loader, device: torch.device | str, *, world: World | None = None
+) -> float:
+    """Top-1 accuracy on ``loader``, in eval mode; the model's training mode is restored.
+
+    With a ``world`` of several processes, every process must call it: each evaluates its own
+    shard of the loader's data set and the counts are summed, so the result is the accuracy on
+    the whole data set, the same in every process. Raises ValueError on an empty loader.
+    """
     device = torch.device(device)
+    world = world or World()
+    loader = distributed.shard_test(loader, world)
     was_training = model.training
     model.eval()
     correct = torch.zeros((), dtype=torch.long, device=device)
@@ -270,9 +122,11 @@ def evaluate(model: nn.Module, loader: Loader, device: torch.device | str) -> fl
                 total += labels.size(0)
     finally:
         model.train(was_training)
-    if total == 0:
+    right, images = (distributed.sum_over_processes((correct.item(), total), device)
+                     if world.distributed else (correct.item(), total))
+    if images == 0:
         raise ValueError("evaluate needs a loader with at least one image")
-    return correct.item() / total
+    return right / images
 
 
 def train(
@@ -284,20 +138,31 @@ def train(
     checkpoint_dir: str | Path | None = None,
     resume: bool = True,
     progress: Progress | None = None,
+    label: str = "",
+    stop: StopFn | None = None,
 ) -> TrainResult:
-    """Train ``model`` in place with cross-entropy (with ``cfg.label_smoothing``).
+    """Train ``model`` in place with cross-entropy (with ``cfg.label_smoothing``): one optimizer
+    and one cosine schedule over ``cfg.epochs``.
 
     With ``checkpoint_dir``, each epoch saves ``checkpoint.pt`` (model, optimizer, scheduler,
     epoch, history, random generators) and appends a line to ``metrics.jsonl``. With ``resume``
     and a checkpoint there, training continues after its last epoch; otherwise it starts over
-    and an old ``metrics.jsonl`` is removed.
+    and an old ``metrics.jsonl`` is removed. ``label`` goes to ``progress`` with every epoch
+    (e.g. a pruning step's name). ``stop`` is asked after each epoch and ends training early when
+    it says so (the schedule is not shortened: it is the one of ``cfg.epochs``); a checkpoint of
+    a run stopped early resumes at the next epoch, without asking ``stop`` again.
+
+    Under torchrun (``WORLD_SIZE`` > 1 in the environment) the processes train one model with
+    DistributedDataParallel: see `micronet_score.compress.distributed` for how the batch and the
+    test set are split, and why only process 0 writes the checkpoint and reports progress.
     """
     smoothing = cfg.label_smoothing
 
     def loss_fn(logits: torch.Tensor, _images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, targets, label_smoothing=smoothing)
 
-    return _fit(model, train_loader, test_loader, cfg, loss_fn, checkpoint_dir, resume, progress)
+    return _fit(model, train_loader, test_loader, cfg, loss_fn,
+                _Loop(checkpoint_dir, resume, progress, label, stop))
 
 
 def distill(
@@ -310,14 +175,19 @@ def distill(
     checkpoint_dir: str | Path | None = None,
     resume: bool = True,
     progress: Progress | None = None,
+    label: str = "",
+    stop: StopFn | None = None,
 ) -> TrainResult:
     """Train ``student`` in place with `kd_loss` against ``teacher``; otherwise like `train`.
 
     The teacher sees exactly the student's (possibly mixed) batch, so its soft targets describe
-    the images the student is graded on. The teacher is left in eval mode on the device.
+    the images the student is graded on. The teacher is left in eval mode on the device; under
+    torchrun each process holds a copy of it and runs it on its own part of the batch.
     """
+    distributed.ensure_process_group(cfg.device)
     device = resolve_device(cfg.device)
-    with _on_device(teacher.eval(), device, compile_model=cfg.compile) as teacher_run:
+    with _on_device(teacher.eval(), device, compile_model=cfg.compile,
+                    parallel=False) as (teacher_run, _):
 
         def loss_fn(
             logits: torch.Tensor, images: torch.Tensor, targets: torch.Tensor
@@ -329,9 +199,19 @@ def distill(
                 label_smoothing=cfg.label_smoothing,
             )
 
-        return _fit(
-            student, train_loader, test_loader, cfg, loss_fn, checkpoint_dir, resume, progress
-        )
+        return _fit(student, train_loader, test_loader, cfg, loss_fn,
+                    _Loop(checkpoint_dir, resume, progress, label, stop))
+
+
+@dataclass(frozen=True)
+class _Loop:
+    """What `train` and `distill` pass on to the loop besides the model, data and loss."""
+
+    checkpoint_dir: str | Path | None
+    resume: bool
+    progress: Progress | None
+    label: str
+    stop: StopFn | None
 
 
 def _fit(
@@ -340,41 +220,48 @@ def _fit(
     test_loader: Loader,
     cfg: TrainConfig,
     loss_fn: LossFn,
-    checkpoint_dir: str | Path | None,
-    resume: bool,
-    progress: Progress | None,
+    loop: _Loop,
 ) -> TrainResult:
     """The loop behind `train` and `distill`; they differ only in ``loss_fn``."""
+    world = distributed.ensure_process_group(cfg.device)
     device = resolve_device(cfg.device)
-    with _on_device(model, device, compile_model=cfg.compile) as runner:
+    train_loader = distributed.shard_train(train_loader, world)
+    test_loader = distributed.shard_test(test_loader, world)
+    progress = loop.progress if world.main else None
+    with _on_device(model, device, compile_model=cfg.compile, parallel=True) as (runner, judge):
         optimizer = _optimizer(model, cfg)
         scheduler = CosineAnnealingLR(optimizer, T_max=cfg.epochs)
         mixer = _mixer(cfg)
-        folder = None if checkpoint_dir is None else Path(checkpoint_dir)
+        folder = None if loop.checkpoint_dir is None else Path(loop.checkpoint_dir)
         history: list[EpochMetrics] = []
-        if folder is not None and resume and (folder / CHECKPOINT_FILE).exists():
-            history = _load_checkpoint(folder / CHECKPOINT_FILE, model, optimizer, scheduler)
+        if folder is not None and loop.resume and (folder / CHECKPOINT_FILE).exists():
+            history = load_checkpoint(folder / CHECKPOINT_FILE, model, optimizer, scheduler)
         else:
-            torch.manual_seed(cfg.seed)
+            # Each process its own augmentation stream; process 0's is a single process's.
+            torch.manual_seed(cfg.seed + world.rank)
             if folder is not None:
                 folder.mkdir(parents=True, exist_ok=True)
-                (folder / METRICS_FILE).unlink(missing_ok=True)
+                if world.main:
+                    (folder / METRICS_FILE).unlink(missing_ok=True)
         for epoch in range(len(history) + 1, cfg.epochs + 1):
             lr = float(optimizer.param_groups[0]["lr"])
+            distributed.set_epoch(train_loader, cfg.seed + epoch)
             if progress is not None:
-                progress.start_epoch(epoch, cfg.epochs, len(train_loader))
+                progress.start_epoch(epoch, cfg.epochs, len(train_loader), label=loop.label)
             loss, train_acc, images_per_s = _train_epoch(
                 runner, train_loader, optimizer, loss_fn, mixer, device, progress
             )
             scheduler.step()
-            metrics = EpochMetrics(
-                epoch, loss, train_acc, evaluate(runner, test_loader, device), images_per_s, lr
-            )
+            distributed.sync_buffers(model)  # the model every process evaluates and saves
+            accuracy = evaluate(judge, test_loader, device, world=world)
+            metrics = EpochMetrics(epoch, loss, train_acc, accuracy, images_per_s, lr)
             history.append(metrics)
-            if folder is not None:
-                _save_checkpoint(folder, model, optimizer, scheduler, history, cfg)
+            if folder is not None and world.main:
+                save_checkpoint(folder, model, optimizer, scheduler, history, cfg)
             if progress is not None:
-                progress.end_epoch(metrics)
+                progress.end_epoch(metrics, label=loop.label)
+            if loop.stop is not None and loop.stop(metrics):
+                break
         return TrainResult(tuple(history))
 
 
@@ -387,7 +274,9 @@ def _train_epoch(
     device: torch.device,
     progress: Progress | None,
 ) -> tuple[float, float, float]:
-    """One pass over ``loader``: (mean loss, train accuracy, images per second).
+    """One pass over ``loader``: (mean loss, train accuracy, images per second), the first two
+    over every process's images and the rate summed over the processes (progress updates show
+    this process's own figures).
 
     Sums stay on the device and are read once at the end, so the GPU is never waited on
     except for progress updates.
@@ -421,17 +310,21 @@ def _train_epoch(
                 seen / (time.perf_counter() - start),
             )
             reported = step
-    mean_loss, accuracy = loss_sum.item() / seen, correct.item() / seen
-    return mean_loss, accuracy, seen / (time.perf_counter() - start)
+    rate = seen / (time.perf_counter() - start)
+    total_loss, right, images, rate = distributed.sum_over_processes(
+        (loss_sum.item(), float(correct.item()), float(seen), rate), device)
+    return total_loss / images, right / images, rate
 
 
 @contextlib.contextmanager
 def _on_device(
-    model: nn.Module, device: torch.device, *, compile_model: bool
-) -> Iterator[nn.Module]:
-    """``model`` on ``device`` in channels-last memory format while the block runs, and the
-    module that runs it (compiled if asked); afterwards ``model`` is contiguous again, the layout
-    pruning (``parameters_to_vector`` views) and export expect.
+    model: nn.Module, device: torch.device, *, compile_model: bool, parallel: bool
+) -> Iterator[tuple[nn.Module, nn.Module]]:
+    """``model`` on ``device`` in channels-last memory format while the block runs, and two
+    modules: the one that trains it (compiled if asked; in DistributedDataParallel when
+    ``parallel`` and there are several processes) and the one that evaluates it (the model
+    itself under several processes, as DDP's forward may communicate). Afterwards ``model`` is
+    contiguous again, the layout pruning (``parameters_to_vector`` views) and export expect.
 
     Convolutions run faster channels-last on CUDA and on the CPU alike: on two CPU cores
     ``tests/bench/bench_train.py`` measured 1.76x for densenet121_gr4_g2 and 1.02x to 1.31x for
@@ -439,7 +332,9 @@ def _on_device(
     """
     model.to(device).to(memory_format=torch.channels_last)
     try:
-        yield cast(nn.Module, torch.compile(model)) if compile_model else model
+        wrapped = distributed.wrap(model, device) if parallel else model
+        runner = cast(nn.Module, torch.compile(wrapped)) if compile_model else wrapped
+        yield runner, (runner if wrapped is model else model)
     finally:
         model.to(memory_format=torch.contiguous_format)
 
@@ -475,52 +370,3 @@ def _mixer(cfg: TrainConfig) -> Mixer | None:
         return None
     mixer: Mixer = choices[0] if len(choices) == 1 else v2.RandomChoice(choices)
     return mixer
-
-
-def _rng_state() -> dict[str, Any]:
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
-    return {"cpu": torch.get_rng_state(), "cuda": cuda}
-
-
-def _save_checkpoint(
-    folder: Path,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: CosineAnnealingLR,
-    history: list[EpochMetrics],
-    cfg: TrainConfig,
-) -> None:
-    """Write the checkpoint atomically (a crash mid-write keeps the previous one), then log."""
-    state = {
-        "epoch": len(history),
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "history": [asdict(metrics) for metrics in history],
-        "rng": _rng_state(),
-        "config": asdict(cfg),
-    }
-    partial = folder / (CHECKPOINT_FILE + ".partial")
-    torch.save(state, partial)
-    os.replace(partial, folder / CHECKPOINT_FILE)
-    with open(folder / METRICS_FILE, "a", encoding="utf-8") as log:
-        log.write(json.dumps(asdict(history[-1])) + "\n")
-
-
-def _load_checkpoint(
-    path: Path,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: CosineAnnealingLR,
-) -> list[EpochMetrics]:
-    """Restore everything `_save_checkpoint` wrote; return the history so far."""
-    # On the CPU first: the generator state must be a CPU tensor, and load_state_dict moves
-    # weights and optimizer state to where the parameters already are.
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["rng"]["cpu"])
-    if state["rng"]["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-    return [EpochMetrics(**metrics) for metrics in state["history"]]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -14,7 +14,7 @@ from test_recipe import TINY, tiny_model_registered, tiny_recipe
 from typer.testing import CliRunner, Result
 
 from micronet_score import __version__
-from micronet_score.compress import recipe
+from micronet_score.compress import stages
 from micronet_score.compress.cli import app
 from micronet_score.compress.models import create_model
 from micronet_score.compress.recipe import RecipeError
@@ -168,19 +168,26 @@ def test_a_stage_command_reports_its_input_and_result(tmp_path: Path) -> None:
 def test_every_retraining_line_of_a_prune_names_its_step(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Pruning retrains one epoch per call; its lines once all read "epoch 1". Training is
-    scripted (accuracies 0.2, 0.6, 0.7 against the bar of 0.5): step 1 needs two epochs."""
+    """Each pruning step retrains in one `train` call, stopped at the first epoch back at the
+    bar; every line names the step and counts its epochs. Training is scripted (accuracies 0.2,
+    0.6, 0.7 against the bar of 0.5): step 1 needs two epochs."""
     accuracies = iter([0.2, 0.6, 0.7])
 
     def scripted_train(model: torch.nn.Module, train_loader: object, test_loader: object,
-                       cfg: TrainConfig, *, progress: Progress | None = None) -> TrainResult:
-        metrics = EpochMetrics(1, 1.5, 0.25, next(accuracies), 1000.0, cfg.lr)
-        assert progress is not None
-        progress.start_epoch(1, cfg.epochs, 7)
-        progress.end_epoch(metrics)
-        return TrainResult((metrics,))
+                       cfg: TrainConfig, *, progress: Progress | None = None, label: str = "",
+                       stop: Callable[[EpochMetrics], bool] | None = None) -> TrainResult:
+        assert progress is not None and stop is not None
+        history = []
+        for epoch in range(1, cfg.epochs + 1):
+            metrics = EpochMetrics(epoch, 1.5, 0.25, next(accuracies), 1000.0, cfg.lr)
+            progress.start_epoch(epoch, cfg.epochs, 7, label=label)
+            progress.end_epoch(metrics, label=label)
+            history.append(metrics)
+            if stop(metrics):
+                break
+        return TrainResult(tuple(history))
 
-    monkeypatch.setattr(recipe, "train", scripted_train)
+    monkeypatch.setattr(stages, "train", scripted_train)
     torch.manual_seed(0)
     torch.save(create_model(TINY).state_dict(), tmp_path / "w.pt")
     args = ["prune", "--model", "densenet", "--weights", str(tmp_path / "w.pt"),

@@ -79,10 +79,15 @@ def test_partly_missing_cifar_names_the_files(tmp_path: Path) -> None:
 
 
 def test_checksums_are_verified_by_default(tmp_path: Path) -> None:
-    write_cifar_fixture(tmp_path)
-    with pytest.raises(DataError, match="do not match the official release") as caught:
-        make_loaders("cifar10", tmp_path, 4)
-    assert not isinstance(caught.value, FileNotFoundError)
+    folder = write_cifar_fixture(tmp_path)
+    for download in (False, True):  # files a user put there are never replaced
+        with pytest.raises(DataError) as caught:
+            make_loaders("cifar10", tmp_path, 4, download=download)
+        assert not isinstance(caught.value, FileNotFoundError)
+        assert str(caught.value) == (
+            f"{folder / 'data_batch_1'} is not the official CIFAR-10 release's (its MD5 checksum "
+            "differs); to use your own copy in the same format, set 'verify_checksums: false' "
+            f"in the recipe, or delete {folder} and pass --download for the official files")
 
 
 def test_unknown_data_set(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -21,16 +22,28 @@ from micronet_score.compress.models import (
     register_model,
 )
 
-# DenseNet-121 at growth 4: the stem makes 8 channels; each stage adds depth*4 and each
-# transition halves, so the head sees 64 + 16*4 = 128 channels.
-# densenet121_gr4_dws: each of the 58 dense layers swaps its 3x3 conv 16->4
-# (16*4*9 = 576 weights) for a depthwise 3x3 (16*9 = 144) plus a pointwise 16->4 (64),
-# saving 368 per layer: 119,146 - 58*368 = 97,802.
+# DenseNet-121 at growth 4, by hand. The stem makes 8 channels (3*8*9 = 216 weights); each
+# stage adds depth*4 channels and each transition halves them, so the head sees 128 channels.
+# A dense layer on c input channels holds bn1 (2c), the bottleneck 1x1 c->16 (16c / g1), bn2
+# (32) and the 3x3 16->4 (576 / g3), or, separable, a depthwise 3x3 (16*9 = 144) and a
+# pointwise 16->4 (64 / gp). Its inputs c run 8, 12, .., 28 in dense1 (sum 108), 16 .. 60 in
+# dense2 (456), 32 .. 124 in dense3 (1,872) and 64 .. 124 in dense4 (1,504): S = 3,940 over
+# the 58 layers. Transitions 32->16, 64->32, 128->64 hold bn + 1x1: 576 + 2,176 + 8,448 =
+# 11,200; the final bn 256 and the linear 128*10 + 10 = 1,290. Outside the dense layers:
+# 216 + 11,200 + 256 + 1,290 = 12,962.
+#   gr4:       18*S + 58*(32 + 576)        = 70,920 + 35,264 = 106,184 -> 119,146
+#   gr4_g2:    10*S + 58*(32 + 288)        = 39,400 + 18,560 =  57,960 ->  70,922
+#   gr4_dws:   18*S + 58*(32 + 144 + 64)   = 70,920 + 13,920 =  84,840 ->  97,802
+#   gr4_dws_g2 (groups 2 on the 1x1 only):
+#              10*S + 58*(32 + 144 + 64)   = 39,400 + 13,920 =  53,320 ->  66,282
+OUTSIDE_DENSE_LAYERS = 216 + 11_200 + 256 + 1_290
+S = 108 + 456 + 1_872 + 1_504
 PARAM_COUNTS = {
     "densenet": 1_000_618,  # growth rate 12 unless told
     "densenet121_gr4": 119_146,
     "densenet121_gr4_g2": 70_922,
     "densenet121_gr4_dws": 97_802,
+    "densenet121_gr4_dws_g2": 66_282,
     "densenet121_gr8": 452_682,
     "densenet121_gr12": 1_000_618,
     "densenet121_gr32": 6_956_298,
@@ -52,12 +65,23 @@ def test_parameter_count(name: str, count: int) -> None:
     assert n_params(create_model(name)) == count
 
 
+def test_the_hand_counts_add_up() -> None:
+    assert PARAM_COUNTS["densenet121_gr4"] == OUTSIDE_DENSE_LAYERS + 18 * S + 58 * (32 + 576)
+    assert PARAM_COUNTS["densenet121_gr4_g2"] == OUTSIDE_DENSE_LAYERS + 10 * S + 58 * (32 + 288)
+    assert PARAM_COUNTS["densenet121_gr4_dws"] == OUTSIDE_DENSE_LAYERS + 18 * S + 58 * 240
+    assert PARAM_COUNTS["densenet121_gr4_dws_g2"] == OUTSIDE_DENSE_LAYERS + 10 * S + 58 * 240
+
+
 @pytest.mark.parametrize(
     ("kwargs", "name"),
     [
         ({"growth_rate": 4}, "densenet121_gr4"),
         ({"growth_rate": 4, "groups": 2}, "densenet121_gr4_g2"),
+        ({"growth_rate": 4, "groups_1x1": 2, "groups_3x3": 2}, "densenet121_gr4_g2"),
         ({"growth_rate": 4, "separable": True}, "densenet121_gr4_dws"),
+        ({"growth_rate": 4, "separable": True, "groups_1x1": 2}, "densenet121_gr4_dws_g2"),
+        ({"growth_rate": 4, "separable": True, "groups": 2, "groups_pointwise": 1},
+         "densenet121_gr4_dws_g2"),
         ({"growth_rate": 32}, "densenet121_gr32"),
     ],
 )
@@ -123,6 +147,55 @@ def test_densenet_forward_shape(name: str) -> None:
     model = create_model(name, num_classes=7).eval()
     with torch.no_grad():
         assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 7)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "count"),
+    [
+        # Groups 2 on the 3x3 alone: 18*S + 58*(32 + 288).
+        ({"groups_3x3": 2}, OUTSIDE_DENSE_LAYERS + 18 * S + 58 * (32 + 288)),
+        # Groups 2 on the 1x1 alone: 10*S + 58*(32 + 576).
+        ({"groups_1x1": 2}, OUTSIDE_DENSE_LAYERS + 10 * S + 58 * (32 + 576)),
+        # Separable, groups 2 on both 1x1 convs (today's `groups` with `separable`): the
+        # pointwise 16->4 holds 32.
+        ({"separable": True, "groups": 2}, OUTSIDE_DENSE_LAYERS + 10 * S + 58 * (32 + 144 + 32)),
+        # Separable, groups 4 on the pointwise alone: 16.
+        ({"separable": True, "groups_pointwise": 4},
+         OUTSIDE_DENSE_LAYERS + 18 * S + 58 * (32 + 144 + 16)),
+    ],
+)
+def test_groups_per_conv_role(kwargs: dict[str, Any], count: int) -> None:
+    model = create_model("densenet", growth_rate=4, **kwargs)
+    assert n_params(model) == count
+
+
+def test_the_depthwise_separable_g2_variant_groups_the_first_conv_only() -> None:
+    layer = create_model("densenet121_gr4_dws_g2").get_submodule("dense3.5")
+    assert isinstance(layer, DenseLayer)
+    assert isinstance(layer.conv1, nn.Conv2d)
+    assert isinstance(layer.conv2, SeparableConv2d)
+    assert (layer.conv1.groups, layer.conv2.depthwise.groups, layer.conv2.pointwise.groups) == (
+        2, 16, 1)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"groups_3x3": 2, "separable": True}, "groups_3x3 has no conv to apply to: the 3x3 conv "
+         "is depthwise-separable"),
+        ({"groups_pointwise": 2}, "groups_pointwise has no conv to apply to: there is no "
+         "pointwise conv (separable is false)"),
+        ({"groups_1x1": 2, "bottleneck": False}, "groups_1x1 has no conv to apply to: there is "
+         "no bottleneck 1x1 conv"),
+        ({"groups_1x1": 0}, "groups must be at least 1"),
+        ({"groups_1x1": 3}, "in_channels must be divisible by groups"),  # 8 channels in dense1
+    ],
+)
+def test_groups_for_a_missing_or_impossible_conv_are_refused(
+    kwargs: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        create_model("densenet", growth_rate=4, **kwargs)
 
 
 def test_wide_resnet_options() -> None:

@@ -42,6 +42,15 @@ NARROW = [
     candidate("q2", 0.0185, 0.912),
 ]
 
+# The cifar10 recipe's shape: three float stages at one score within a point of accuracy, the
+# pruned and quantized ones cheaper, and a starting model far below, at the bottom of the axes
+# where a legend inside them would sit.
+CIFAR = [
+    candidate("input", 0.0452, 0.10), candidate("mixup", 0.0452, 0.945),
+    candidate("distilled", 0.0452, 0.950), candidate("finetuned", 0.0452, 0.951),
+    candidate("pruned", 0.0301, 0.941), candidate("quantized", 0.0167, 0.935),
+]
+
 
 def figure_of(candidates: list[Candidate]) -> Figure:
     figure = pareto_figure(candidates, title="run: densenet121_gr4", accuracy_bar=0.90,
@@ -105,7 +114,7 @@ def test_accuracy_is_in_percent_on_the_axis_and_in_the_legend() -> None:
         "Pareto front", "dominated", "accuracy bar 90%", "score bar 0.02"]
 
 
-@pytest.mark.parametrize("candidates", [WIDE, NARROW], ids=["wide", "narrow"])
+@pytest.mark.parametrize("candidates", [WIDE, NARROW, CIFAR], ids=["wide", "narrow", "cifar"])
 def test_labels_lie_inside_the_axes_apart_from_each_other_and_the_points(
     candidates: list[Candidate],
 ) -> None:

@@ -107,6 +107,79 @@ def test_schedule_cuts_the_last_step_to_land_on_the_target() -> None:
         prune_schedule(1.0, 0.5)
 
 
+def test_a_schedule_of_n_steps_is_n_full_steps() -> None:
+    assert prune_schedule(0.1, steps=10) == (0.1,) * 10
+    assert prune_schedule(0.25, steps=1) == (0.25,)
+    for bad in ({"target": 0.5, "steps": 3}, {}):
+        with pytest.raises(PruneError, match="either a target sparsity or a number of steps"):
+            prune_schedule(0.1, **bad)  # type: ignore[arg-type]
+    with pytest.raises(PruneError, match="steps must be at least 1, got 0"):
+        prune_schedule(0.1, steps=0)
+    with pytest.raises(PruneError, match=r"step must lie strictly between 0 and 1, got 1\.0"):
+        prune_schedule(1.0, steps=2)
+
+
+# The prunable weights of densenet121_gr4_g2 (conv and linear weights; see test_models for the
+# layer sums): stem 3*8*9 = 216; per dense layer on c channels a 1x1 c->16 in 2 groups (8c) and a
+# 3x3 16->4 in 2 groups (288), over inputs summing to 3,940: 8*3,940 + 58*288 = 48,224;
+# transitions 32*16 + 64*32 + 128*64 = 10,752; linear 128*10 = 1,280. N = 60,472.
+G2_PRUNABLE = 216 + 48_224 + 10_752 + 1_280
+# Ten steps of 10% of what is left, round(0.1 * remaining) each (Python's rounding, halves to
+# even, as torch's global pruning counts): 6,047.2 -> 6,047 (54,425 left); 5,442.5 -> 5,442
+# (48,983); 4,898.3 -> 4,898 (44,085); 4,408.5 -> 4,408 (39,677); 3,967.7 -> 3,968 (35,709);
+# 3,570.9 -> 3,571 (32,138); 3,213.8 -> 3,214 (28,924); 2,892.4 -> 2,892 (26,032);
+# 2,603.2 -> 2,603 (23,429); 2,342.9 -> 2,343 (21,086 left).
+G2_ZEROS_AFTER_EACH_STEP = [6_047, 11_489, 16_387, 20_795, 24_763, 28_334, 31_548, 34_440,
+                            37_043, 39_386]
+
+
+def test_the_cifar_recipe_prunes_the_teams_model_in_ten_steps_to_65_1_percent() -> None:
+    """The bundled recipe's prune stage on its model, with "retraining" that only moves weights:
+    the exact number of zeroed weights after each step, and 1 - 0.9**10 at the end."""
+    from micronet_score.compress.recipe import PruneStage, load_recipe
+
+    recipe = load_recipe("cifar10")
+    (stage,) = [s for s in recipe.stages if isinstance(s, PruneStage)]
+    assert (stage.steps, stage.step, stage.target) == (10, 0.1, None)
+    model = recipe.build_model()
+    total = sum(module.get_parameter("weight").numel() for module, _ in prunable_parameters(model))
+    assert total == G2_PRUNABLE == 60_472
+    remaining, expected = total, []
+    for _ in range(10):
+        remaining -= round(0.1 * remaining)
+        expected.append(total - remaining)
+    assert expected == G2_ZEROS_AFTER_EACH_STEP
+    retrain = ZerosAfterRetraining()
+    result = prune_iteratively(model, retrain, step=stage.step, steps=stage.steps,
+                               max_epochs=1, min_accuracy=0.0)
+    assert retrain.zeros == G2_ZEROS_AFTER_EACH_STEP
+    assert [step.sparsity for step in result.steps] == [z / total for z in expected]
+    assert [step.amount for step in result.steps] == [0.1] * 10
+    zeros = sum(int((module.get_parameter("weight") == 0).sum())
+                for module, _ in prunable_parameters(model))
+    assert zeros == 39_386 and result.sparsity == 39_386 / 60_472
+    # 1 - 0.9**10 = 0.6513216; ten roundings move the count by at most 5 weights (8e-5).
+    assert abs(result.sparsity - (1 - 0.9**10)) <= 10 / (2 * total)
+    assert f"{result.sparsity:.1%}" == "65.1%"
+
+
+class ZerosAfterRetraining:
+    """Counts the zero weights each retraining sees, and moves the others as training would."""
+
+    def __init__(self) -> None:
+        self.zeros: list[int] = []
+
+    def __call__(
+        self, model: nn.Module, max_epochs: int, min_accuracy: float, step: RetrainStep
+    ) -> float:
+        weights = _weights(model)
+        self.zeros.append(sum(int((w == 0).sum()) for w in weights.values()))
+        with torch.no_grad():
+            for module, _ in prunable_parameters(model):
+                module.get_parameter("weight_orig").add_(0.01)
+        return 1.0
+
+
 def test_global_sparsity_after_n_steps_is_one_minus_keep_to_the_n() -> None:
     torch.manual_seed(0)
     model = create_model("densenet121_gr4")
@@ -201,5 +274,5 @@ def test_resuming_from_a_checkpoint_matches_an_uninterrupted_run(
     reference_state = reference.state_dict()
     assert all(torch.equal(v, reference_state[k]) for k, v in resumed.state_dict().items())
 
-    with pytest.raises(PruneError, match="another step/target schedule"):
+    with pytest.raises(PruneError, match="another schedule"):
         run(tiny_densenet(0), retrain, step=0.4, checkpoint_dir=tmp_path)

@@ -158,9 +158,18 @@ def test_fx_with_every_module_skipped_is_the_float_model() -> None:
 
 
 def test_fx_densenet_skip_list_and_saved_file(tmp_path: Path) -> None:
+    """The bundled cifar10 recipe's quantize stage on its model: trans3, dense1 and dense2
+    float, everything else int8."""
+    from micronet_score.compress.recipe import QuantizeStage, load_recipe
+
+    recipe = load_recipe("cifar10")
+    stage = recipe.stages[-1]
+    assert isinstance(stage, QuantizeStage)
+    assert (recipe.model, stage.method, stage.skip) == ("densenet121_gr4_g2", "fx", DENSENET_SKIP)
     torch.manual_seed(0)
-    model = create_model("densenet121_gr4").eval()
-    quantized = quantize_fx(model, _images(2, size=32), skip=DENSENET_SKIP)
+    model = create_model(recipe.model).eval()
+    assert set(DENSENET_SKIP) <= {name for name, _ in model.named_children()}
+    quantized = quantize_fx(model, _images(2, size=32), skip=stage.skip, backend=stage.backend)
 
     int8 = [n for n, m in quantized.named_modules() if isinstance(m, nnq.Conv2d)]
     float32 = [n for n, m in quantized.named_modules() if type(m) is nn.Conv2d]

@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 
 from micronet_score.cli import score_app
 from micronet_score.compress import models
+from micronet_score.compress.data import DataError, write_cifar_fixture
 from micronet_score.compress.models import DenseNet
 from micronet_score.compress.prune import global_sparsity, layer_sparsity
 from micronet_score.compress.recipe import (
@@ -33,6 +34,7 @@ from micronet_score.compress.recipe import (
     QuantizeStage,
     RecipeError,
     TrainStage,
+    lineage,
     load_recipe,
     parse_recipe,
     run_recipe,
@@ -119,16 +121,24 @@ def write_recipe(folder: Path, data: object) -> Path:
 def test_the_cifar_recipe_is_the_teams_pipeline() -> None:
     recipe = load_recipe("cifar10")
     mixup, distilled, finetuned, pruned, quantized = recipe.stages
-    assert (recipe.model, recipe.dataset, recipe.rules) == ("densenet121_gr4", "cifar10",
+    assert (recipe.model, recipe.dataset, recipe.rules) == ("densenet121_gr4_g2", "cifar10",
                                                              "imt-2022")
+    # Groups of 2 on both bottleneck convs: 70,922 parameters (derived in test_models).
+    built = recipe.build_model()
+    assert sum(p.numel() for p in built.parameters()) == 70_922
+    convs = [built.get_submodule(f"dense2.3.{name}") for name in ("conv1", "conv2")]
+    assert [conv.groups for conv in convs if isinstance(conv, nn.Conv2d)] == [2, 2]
     assert isinstance(mixup, TrainStage) and mixup.config.mixup_alpha > 0
     assert isinstance(distilled, DistillStage)
     assert (distilled.config.optimizer, distilled.teacher.model) == ("adam", "densenet121_gr8")
     assert isinstance(finetuned, TrainStage)
     assert (finetuned.config.optimizer, finetuned.config.lr) == ("sgd", 0.001)
     assert isinstance(pruned, PruneStage)
-    assert (pruned.target, pruned.step, pruned.max_epochs, pruned.min_accuracy) == (
-        0.65, 0.1, 50, 0.90)
+    # Ten full steps of 10% of the remaining weights (test_prune counts the zeros of each).
+    assert (pruned.steps, pruned.step, pruned.target, pruned.max_epochs, pruned.min_accuracy) == (
+        10, 0.1, None, 50, 0.90)
+    assert pruned.schedule == (0.1,) * 10
+    assert recipe.verify_checksums
     assert isinstance(quantized, QuantizeStage)
     assert (quantized.method, quantized.backend, quantized.skip) == (
         "fx", "fbgemm", ("trans3", "dense1", "dense2"))
@@ -148,7 +158,7 @@ def test_the_digits_recipe() -> None:
     [
         (lambda r: r.update(epochs=3), "recipe.yaml: unknown key 'epochs'; valid keys: "
          "baseline, batch_size, data_dir, dataset, device, download, model, model_args, name, "
-         "num_classes, num_workers, rules, seed, stages, weights"),
+         "num_classes, num_workers, rules, seed, stages, verify_checksums, weights"),
         (lambda r: r["stages"][1].update(targt=0.5),
          "recipe.yaml: stages[1] (prune 'pruned'): unknown key 'targt'; valid keys: "),
         (lambda r: r["stages"][0].update(seed=1),
@@ -180,7 +190,11 @@ def test_an_unknown_key_is_named_with_the_file(
         ({"quantized": {"skip": "linear"}}, "'skip' must be a list of names, got 'linear'"),
         ({"quantized": {"method": "qat"}}, "'method' must be one of 'fx', 'pt2e'"),
         ({"quantized": {"calibration_batches": 0}}, "calibration_batches must be at least 1"),
-        ({"pruned": {"target": 1.0}}, "step and target must lie strictly between 0 and 1"),
+        ({"pruned": {"target": 1.0}}, "target must lie strictly between 0 and 1, got 1.0"),
+        ({"pruned": {"steps": 2}}, "stages[1] (prune 'pruned'): give either a target sparsity "
+         "or a number of steps, not both or neither"),
+        ({"pruned": {"steps": 0, "target": None}}, "steps must be at least 1, got 0"),
+        ({"pruned": {"steps": 1.5, "target": None}}, "'steps' must be an integer, got 1.5"),
         ({"pruned": {"name": "float"}}, "two stages are named 'float'"),
         ({"pruned": {"name": "a/b"}}, "'name' must be letters, digits"),
         ({"pruned": {"stage": "shrink"}}, "'stage' must be one of: train, distill, prune"),
@@ -219,6 +233,43 @@ def test_recipes_that_cannot_run_are_refused(
     change(data)
     with pytest.raises(RecipeError, match=_literal(message)):
         parse_recipe(data, "r.yaml")
+
+
+def test_a_prune_stage_gives_a_target_or_a_number_of_steps() -> None:
+    by_steps = parse_recipe(tiny_recipe(pruned={"target": None, "steps": 3}), "r.yaml")
+    by_target = parse_recipe(tiny_recipe(), "r.yaml")
+    neither = parse_recipe(tiny_recipe(pruned={"target": None}), "r.yaml")
+    stages = [recipe.stages[1] for recipe in (by_steps, by_target, neither)]
+    assert all(isinstance(stage, PruneStage) for stage in stages)
+    assert [stage.schedule for stage in stages if isinstance(stage, PruneStage)] == [
+        (0.5,) * 3,
+        (0.5,),  # 0.5 of everything reaches the target 0.5 in one step
+        (0.5, 1 - 0.35 / 0.5),  # the default target 0.65: 0.5, then 0.3 of the half left
+    ]
+    # A stage folder records the schedule as before `steps` existed unless it is given, so
+    # folders made then are still recognised.
+    assert [lineage(r, 1)["stages"][1].get("steps", "absent") for r in (by_steps, by_target)] == [
+        3, "absent"]
+    assert lineage(neither, 1)["stages"][1]["target"] == 0.65
+
+
+def test_own_cifar_copies_need_verify_checksums_false(tmp_path: Path) -> None:
+    """A folder in CIFAR-10's format whose bytes are not the release's: refused by default in
+    one line that says how to use it, read with ``verify_checksums: false``."""
+    write_cifar_fixture(tmp_path / "data", n_train=20, n_test=10)
+    data = tiny_recipe()
+    data.update(dataset="cifar10", data_dir=str(tmp_path / "data"), batch_size=10)
+    data["stages"] = [{"stage": "train", "name": "float", "epochs": 1, "lr": 0.05}]
+    with pytest.raises(DataError) as error:
+        run_recipe(parse_recipe(data, "own copy"), tmp_path / "run")
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith(f"{tmp_path / 'data' / 'cifar-10-batches-py' / 'data_batch_1'} is "
+                              "not the official CIFAR-10 release's (its MD5 checksum differs); ")
+    assert "set 'verify_checksums: false' in the recipe" in message
+    (candidate,) = run_recipe(parse_recipe({**data, "verify_checksums": False}, "own copy"),
+                              tmp_path / "run")
+    assert (candidate.accuracy * 10).is_integer()  # the fixture's 10 test images
 
 
 def test_model_args_reach_the_builder() -> None:
@@ -267,10 +318,15 @@ def test_pruning_zeroes_half_the_weights(tiny_run: tuple[Path, tuple[Candidate, 
     model = DenseNet((1, 1, 1, 1), growth_rate=2)
     model.load_state_dict(torch.load(out / "pruned" / "model.pt", weights_only=True))
     assert global_sparsity(model) == (TINY_WEIGHTS // 2) / TINY_WEIGHTS
-    # The scorer's conv and linear parameters also hold the linear's 10 biases (imt-2022 keeps
-    # BatchNorms apart, so no folded shifts).
-    assert candidates[1].sparsity == (TINY_WEIGHTS // 2) / (TINY_WEIGHTS + 10)
+    # The sparsity column is over the conv and linear weights alone, not the linear's 10 biases
+    # the scorer also counts as conv and linear parameters.
+    assert candidates[1].sparsity == (TINY_WEIGHTS // 2) / TINY_WEIGHTS == 0.5
     assert candidates[0].sparsity == 0.0
+    # Quantizing to int8 keeps every zero and may round more weights to zero.
+    assert candidates[2].sparsity >= 0.5
+    with open(out / "candidates.csv", newline="", encoding="utf-8") as file:
+        rows = list(csv.DictReader(file))
+    assert rows[1]["sparsity"] == "0.5000"
     with open(out / "pruned" / "layer_sparsity.csv", newline="", encoding="utf-8") as file:
         table = list(csv.reader(file))
     assert table[0] == ["layer", "step 1 (50.0%)"]
@@ -384,6 +440,8 @@ def test_a_pt2e_stage_saves_a_program_the_scorer_reads(
     assert (quantized.file, quantized.score_args) == ("quantized/model.pt2",
                                                       ("--rules", "imt-2022"))
     assert quantized.bits == "8+16"
+    # The int8 constants keep the pruned zeros (half the conv and linear weights).
+    assert quantized.sparsity >= 0.5
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(score_app, [quantized.file, *quantized.score_args,
                                             "--format", "json"])
