@@ -60,7 +60,7 @@ _MUST_BE_EMPTY = frozenset({
     "GraphModule.metadata", "GraphModule.treespec_namedtuple_fields", "Graph.custom_obj_values",
 })
 _NODE_METADATA = frozenset({"stack_trace", "nn_module_stack", "source_fn_stack", "torch_fn",
-                            "from_node"})
+                            "from_node", "custom"})
 _SPEC_SEQUENCES = frozenset({"builtins.tuple", "builtins.list"})
 _SPEC_MAPPINGS = frozenset({"builtins.dict", "collections.OrderedDict"})
 
@@ -160,6 +160,17 @@ def _mapping(item: Any, value: dict[str, object], where: str, rule: str) -> dict
             for k, v in value.items()}
 
 
+def _strings(value: object) -> list[str]:
+    """Every string (keys included) inside a decoded JSON value."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [*value.keys(), *(s for v in value.values() for s in _strings(v))]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
 def _node_metadata(value: dict[str, object], where: str) -> dict[str, object]:
     for key, text in value.items():
         if key not in _NODE_METADATA:
@@ -177,11 +188,13 @@ def _node_metadata(value: dict[str, object], where: str) -> dict[str, object]:
                 _name(name, at)
                 if not _DOTTED.fullmatch(target) or _dunder(target):
                     raise Refused(f"{at} names {target[:80]!r}, which is not a plain function")
-        elif key == "from_node":
+        elif key in ("from_node", "custom"):  # JSON documents torch decodes with json.loads
             try:
-                json.loads(text)
+                decoded = json.loads(text)
             except ValueError as error:
                 raise Refused(f"{at} is not valid JSON") from error
+            if not all(item.isprintable() for item in _strings(decoded)):
+                raise Refused(f"{at} holds control characters")
     return value
 
 
