@@ -22,8 +22,6 @@ from micronet_score.ops.cost import FormulaContext, NodeCost, Ops
 from micronet_score.ops.spec import all_specs, formula
 from micronet_score.results import Report
 
-timm = pytest.importorskip("timm")
-
 
 def figures(report: Report) -> tuple[float, float, float]:
     assert report.uncounted == (), report.uncounted
@@ -188,6 +186,7 @@ def test_the_cli_loads_a_plugin(tmp_path: Path) -> None:
 def test_a_conv_that_pads_itself_is_traced_into() -> None:
     """timm's Conv2dSame pads 7x7 to 9x9 (TF 'same' at stride 2) before a 3x3 conv: 4x4 out.
     Counted as a plain Conv2d it would see 7x7 and give 3x3."""
+    timm = pytest.importorskip("timm")
     conv = timm.layers.Conv2dSame(3, 8, 3, stride=2)
     per_output = 3 * 3 * 3
     outputs = 8 * 4 * 4
@@ -198,6 +197,7 @@ def test_a_conv_that_pads_itself_is_traced_into() -> None:
 def test_a_batch_norm_that_applies_an_activation_counts_it() -> None:
     """timm's BatchNormAct2d: the BatchNorm folds into the conv before it, its relu costs one
     product per element (it was silently dropped when counted as a plain BatchNorm)."""
+    timm = pytest.importorskip("timm")
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False),
                           timm.layers.BatchNormAct2d(8))
     outputs = 8 * 4 * 4
@@ -209,6 +209,7 @@ def test_a_batch_norm_that_applies_an_activation_counts_it() -> None:
 def test_a_standardized_conv_keeps_its_gain() -> None:
     """ScaledStdConv2d standardizes its weight in forward with a learned gain: the weight, the
     gain and the bias are all stored (216 + 8 + 8), and the conv counts 8 x 16 outputs x 27."""
+    timm = pytest.importorskip("timm")
     conv = timm.layers.ScaledStdConv2d(3, 8, 3, padding=1)
     report = score(conv.eval(), 3, 4, 4)
     assert report.uncounted == ()

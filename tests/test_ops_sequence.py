@@ -214,7 +214,8 @@ def test_attention_counts_the_same_as_a_module_and_an_export() -> None:
 
 @pytest.mark.parametrize("fused", [True, False])
 def test_timm_attention_fused_or_not_by_hand(fused: bool) -> None:
-    from timm.layers.attention import Attention
+    attention_module = pytest.importorskip("timm.layers.attention")
+    Attention = attention_module.Attention
 
     attention = ones(Attention(8, num_heads=2, qkv_bias=True))
     setattr(attention, "fused_attn", fused)  # noqa: B010 (declared Final in timm)
